@@ -1,0 +1,301 @@
+"""ANLI processing: raw files -> normalised text -> memory-mapped token shards.
+
+Stage ``text`` reads the raw data (either layout, see :mod:`minillm.data.anli`), validates it, applies the prompt
+template and target kind, and writes ``OUT_DIR/text/{round}/{split}.jsonl`` plus ``text/meta.json``.
+
+Stage ``shards`` tokenises every prompt and target once, in batches with the fast tokenizer (which spreads a
+batch over all cores), and writes for each round (``r1``, ``r2``, ``r3`` and ``all``, the three concatenated by
+reusing their ids) and split:
+
+- ``full/{round}/{split}_{k}.bin/.idx``: items ``prompt ids (ending in EOS), SEP, target ids (ending in EOS)``
+  with ``SEP`` the dtype's maximum (65535 for uint16);
+- ``prompt/{round}/{split}_{k}.bin/.idx``: prompt ids only, for on-policy sampling;
+- ``{split}.jsonl`` beside both: uid, round, prompt, target, label, options (and whether the premise was cut).
+
+A prompt longer than ``max_prompt_length`` tokens is shortened by cutting the end of the premise; the
+hypothesis, the instruction and the options are never cut. Each stage builds its output in a temporary folder
+and renames it into place, so an interrupted or failed run never leaves output that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+
+from .anli import ROUNDS, SPLITS, DataError, load_raw
+from .indexed_dataset import best_fitting_dtype, separator_id, write_indexed_dataset
+from .templates import TARGET_KINDS, get_template
+
+ALL_ROUNDS = "all"
+TEXT_FIELDS = ("uid", "round", "premise", "hypothesis", "label", "reason", "prompt", "target", "options")
+
+
+def log(message: str) -> None:
+    print(f"[process_data_anli] {message}", flush=True)
+
+
+def _replace_dir(staging: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+
+
+def _write_jsonl(path: Path, records) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ----------------------------------------------------------------------------------------------- stage: text
+
+def build_text(raw_dir: Path, out_dir: Path, template_name: str, target_kind: str) -> dict:
+    """Raw files -> ``out_dir/text/{round}/{split}.jsonl``. Returns the number of examples per round/split."""
+    if target_kind not in TARGET_KINDS:
+        raise DataError(f"TARGET={target_kind!r} is not a target kind: choose one of {', '.join(TARGET_KINDS)}")
+    template = get_template(template_name)
+    data = load_raw(raw_dir)  # validates everything before anything is written
+    staging = out_dir / ".text.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    counts = {}
+    for (round_name, split), rows in data.items():
+        (staging / round_name).mkdir(parents=True, exist_ok=True)
+        for row in rows:
+            row["prompt"] = template.prompt(row["premise"], row["hypothesis"])
+            row["target"] = template.target(row["label"], row["reason"], target_kind)
+            row["options"] = list(template.answers)
+            del row["split"]
+        _write_jsonl(staging / round_name / f"{split}.jsonl", rows)
+        counts[f"{round_name}/{split}"] = len(rows)
+    meta = {"raw_dir": str(raw_dir), "template": template_name, "target": target_kind, "examples": counts}
+    (staging / "meta.json").write_text(json.dumps(meta, indent=1))
+    _replace_dir(staging, out_dir / "text")
+    return counts
+
+
+# --------------------------------------------------------------------------------------------- stage: shards
+
+@dataclass
+class TokenizedSplit:
+    """Token ids of one split as flat arrays plus per-example lengths (prompts and targets both end in EOS)."""
+
+    records: list[dict]
+    prompt_flat: np.ndarray
+    prompt_sizes: np.ndarray
+    target_flat: np.ndarray
+    target_sizes: np.ndarray
+
+    @staticmethod
+    def concatenate(parts: list["TokenizedSplit"]) -> "TokenizedSplit":
+        return TokenizedSplit(
+            records=[r for p in parts for r in p.records],
+            prompt_flat=np.concatenate([p.prompt_flat for p in parts]),
+            prompt_sizes=np.concatenate([p.prompt_sizes for p in parts]),
+            target_flat=np.concatenate([p.target_flat for p in parts]),
+            target_sizes=np.concatenate([p.target_sizes for p in parts]),
+        )
+
+    def full_items(self, sep: int) -> tuple[np.ndarray, np.ndarray]:
+        """Flat ``prompt, SEP, target`` items and their sizes, assembled with vectorised scatter, not a loop."""
+        sizes = self.prompt_sizes + 1 + self.target_sizes
+        starts = np.zeros(len(sizes), dtype=np.int64)
+        np.cumsum(sizes[:-1], out=starts[1:])
+        flat = np.empty(int(sizes.sum()), dtype=self.prompt_flat.dtype)
+        flat[_scatter_positions(starts, self.prompt_sizes)] = self.prompt_flat
+        flat[starts + self.prompt_sizes] = sep
+        flat[_scatter_positions(starts + self.prompt_sizes + 1, self.target_sizes)] = self.target_flat
+        return flat, sizes
+
+
+def _scatter_positions(dest_starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Destination index of every token when run i of length sizes[i] is copied to dest_starts[i]."""
+    src_starts = np.zeros(len(sizes), dtype=np.int64)
+    np.cumsum(sizes[:-1], out=src_starts[1:])
+    return np.repeat(dest_starts - src_starts, sizes) + np.arange(int(sizes.sum()), dtype=np.int64)
+
+
+def _flatten(id_lists: list[list[int]], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    sizes = np.fromiter(map(len, id_lists), dtype=np.int32, count=len(id_lists))
+    flat = np.fromiter(chain.from_iterable(id_lists), dtype=dtype, count=int(sizes.sum()))
+    return flat, sizes
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except Exception as err:  # hub, file and format errors all come through here
+        raise DataError(f"TOKENIZER={name}: cannot load it ({type(err).__name__}); give a local tokenizer folder "
+                        "or a hub name while online") from None
+    if not tokenizer.is_fast:
+        raise DataError(f"TOKENIZER={name}: not a fast tokenizer; batched processing needs one (install tokenizers)")
+    if tokenizer.eos_token_id is None:
+        raise DataError(f"TOKENIZER={name}: has no EOS token; prompts and targets must end in one")
+    return tokenizer
+
+
+def choose_dtype(vocab_size: int, requested: str) -> np.dtype:
+    """``auto``: uint16 when the vocabulary and the separator fit, else int32; otherwise check the request."""
+    if requested == "auto":
+        return best_fitting_dtype(vocab_size)
+    if requested not in ("uint16", "int32"):
+        raise DataError(f"DTYPE={requested!r}: choose auto, uint16 or int32")
+    dtype = np.dtype(requested)
+    if vocab_size >= separator_id(dtype):
+        raise DataError(f"DTYPE={requested}: the tokenizer has {vocab_size} tokens, which do not fit below the "
+                        f"separator {separator_id(dtype)}; use DTYPE=int32 or auto")
+    return dtype
+
+
+def _cut_premises(records, prompt_ids, tokenizer, template, max_len: int) -> int:
+    """Shorten the premise of every prompt over ``max_len`` tokens until it fits; returns how many were cut."""
+    too_long = [i for i, ids in enumerate(prompt_ids) if len(ids) > max_len]
+    for i in too_long:
+        record = records[i]
+        # Cut the original text at a token boundary (character offsets), rather than decoding ids, so that the
+        # kept premise is an exact prefix of the original, characters outside the vocabulary included.
+        token_ends = [end for _, end in
+                      tokenizer.backend_tokenizer.encode(record["premise"], add_special_tokens=False).offsets]
+        keep = len(token_ends) - (len(prompt_ids[i]) - max_len)
+        while True:
+            if keep <= 0:
+                raise DataError(
+                    f"uid {record['uid']} (round {record['round']}): the prompt without its premise is still over "
+                    f"MAX_PROMPT_LENGTH={max_len} tokens; raise MAX_PROMPT_LENGTH")
+            prompt = template.prompt(record["premise"][: token_ends[keep - 1]], record["hypothesis"])
+            ids = tokenizer.backend_tokenizer.encode(prompt).ids
+            if len(ids) <= max_len:
+                break
+            keep -= len(ids) - max_len  # text after the cut can tokenise differently: shorten until it fits
+        record["prompt"], record["truncated"] = prompt, True
+        prompt_ids[i] = ids
+    return len(too_long)
+
+
+def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Ids with special tokens (EOS appended), straight from the Rust tokenizer: parallel over all cores and
+    about 1.5x faster than ``tokenizer(texts)``, which builds per-call Python structures we do not need."""
+    return [encoding.ids for encoding in tokenizer.backend_tokenizer.encode_batch(texts)]
+
+
+def tokenize_split(records, tokenizer, template, max_len: int, dtype: np.dtype) -> tuple[TokenizedSplit, int]:
+    prompt_ids = encode_batch(tokenizer, [r["prompt"] for r in records])
+    target_ids = encode_batch(tokenizer, [r["target"] for r in records])
+    for r in records:
+        r["truncated"] = False
+    cut = _cut_premises(records, prompt_ids, tokenizer, template, max_len)
+    prompt_flat, prompt_sizes = _flatten(prompt_ids, dtype)
+    target_flat, target_sizes = _flatten(target_ids, dtype)
+    return TokenizedSplit(records, prompt_flat, prompt_sizes, target_flat, target_sizes), cut
+
+
+def _write_shards(directory: Path, split: str, flat: np.ndarray, sizes: np.ndarray, shard_size: int) -> int:
+    """Write ``{split}_0``, ``{split}_1``, ... of at most ``shard_size`` items each (0 = one shard)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    step = shard_size or max(len(sizes), 1)
+    bounds = list(range(0, len(sizes), step)) or [0]
+    for k, lo in enumerate(bounds):
+        hi = min(lo + step, len(sizes))
+        write_indexed_dataset(directory / f"{split}_{k}", flat[offsets[lo]:offsets[hi]], sizes[lo:hi])
+    return len(bounds)
+
+
+def _jsonl_records(tokenized: TokenizedSplit):
+    for r in tokenized.records:
+        yield {"uid": r["uid"], "round": r["round"], "prompt": r["prompt"], "target": r["target"],
+               "label": r["label"], "options": r["options"], "truncated": r["truncated"]}
+
+
+def build_shards(out_dir: Path, tokenizer_name: str, max_prompt_length: int = 512, dtype: str = "auto",
+                 shard_size: int = 0, template_name: str | None = None, target_kind: str | None = None) -> dict:
+    """``out_dir/text`` -> ``out_dir/{full,prompt}/{round}/``. Returns the metadata written to ``meta.json``."""
+    text_dir = out_dir / "text"
+    meta_path = text_dir / "meta.json"
+    if not meta_path.is_file():
+        raise DataError(f"{meta_path}: missing; run the text stage first (STAGE=text or STAGE=all)")
+    text_meta = json.loads(meta_path.read_text())
+    for flag, wanted, built in (("TEMPLATE", template_name, text_meta["template"]),
+                                ("TARGET", target_kind, text_meta["target"])):
+        if wanted is not None and wanted != built:
+            raise DataError(f"{flag}={wanted} but {text_dir} was built with {built}; rerun with STAGE=all")
+    if max_prompt_length < 8:
+        raise DataError(f"MAX_PROMPT_LENGTH={max_prompt_length}: too small to hold an instruction and hypothesis")
+    template = get_template(text_meta["template"])
+
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(tokenizer_name)
+    np_dtype = choose_dtype(len(tokenizer), dtype)
+    sep = separator_id(np_dtype)
+    log(f"tokenizer {tokenizer_name}: {len(tokenizer)} tokens, loaded in {time.perf_counter() - started:.1f}s; "
+        f"dtype {np_dtype.name}, separator {sep}")
+
+    tokenized: dict[tuple[str, str], TokenizedSplit] = {}
+    cut_total = 0
+    for round_name in ROUNDS:
+        for split in SPLITS:
+            path = text_dir / round_name / f"{split}.jsonl"
+            if not path.is_file():
+                continue
+            tokenized[(round_name, split)], cut = tokenize_split(
+                _read_jsonl(path), tokenizer, template, max_prompt_length, np_dtype)
+            cut_total += cut
+            log(f"{round_name}/{split}: {len(tokenized[(round_name, split)].records)} examples, "
+                f"{cut} prompts cut to {max_prompt_length} tokens")
+    if not tokenized:
+        raise DataError(f"{text_dir}: no {{round}}/{{split}}.jsonl files; run the text stage first")
+    for split in SPLITS:
+        parts = [tokenized[(r, split)] for r in ROUNDS if (r, split) in tokenized]
+        if parts:
+            tokenized[(ALL_ROUNDS, split)] = TokenizedSplit.concatenate(parts)
+
+    staging = out_dir / ".shards.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    summary = {}
+    for (round_name, split), tok in tokenized.items():
+        full_flat, full_sizes = tok.full_items(sep)
+        for kind, flat, sizes in (("full", full_flat, full_sizes), ("prompt", tok.prompt_flat, tok.prompt_sizes)):
+            _write_shards(staging / kind / round_name, split, flat, sizes, shard_size)
+        # Serialise each record once: `all` concatenates the rounds' files and prompt/ copies full/.
+        jsonl = staging / "full" / round_name / f"{split}.jsonl"
+        if round_name == ALL_ROUNDS:
+            with open(jsonl, "wb") as out:
+                for r in ROUNDS:
+                    if (r, split) in tokenized:
+                        with open(staging / "full" / r / f"{split}.jsonl", "rb") as part:
+                            shutil.copyfileobj(part, out)
+        else:
+            _write_jsonl(jsonl, _jsonl_records(tok))
+        shutil.copyfile(jsonl, staging / "prompt" / round_name / f"{split}.jsonl")
+        summary[f"{round_name}/{split}"] = {
+            "examples": len(tok.records),
+            "max_prompt_tokens": int(tok.prompt_sizes.max()),
+            "max_target_tokens": int(tok.target_sizes.max()),
+        }
+    meta = {"tokenizer": tokenizer_name, "vocab_size": len(tokenizer), "dtype": np_dtype.name, "separator": sep,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+            "template": text_meta["template"], "target": text_meta["target"], "max_prompt_length": max_prompt_length,
+            "prompts_cut": cut_total, "shard_size": shard_size, "splits": summary}
+    for kind in ("full", "prompt"):
+        _replace_dir(staging / kind, out_dir / kind)
+    shutil.rmtree(staging)
+    tmp_meta = out_dir / ".meta.json.tmp"
+    tmp_meta.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp_meta, out_dir / "meta.json")
+    log(f"wrote {len(tokenized)} round/split pairs to {out_dir} ({cut_total} prompts cut) "
+        f"in {time.perf_counter() - started:.1f}s")
+    return meta

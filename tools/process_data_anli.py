@@ -1,0 +1,69 @@
+"""Process ANLI (or any data in its layouts) into normalised text and memory-mapped token shards.
+
+    python tools/process_data_anli.py --raw-dir data/anli --out-dir processed_data/anli/flan-label \
+        --tokenizer google/flan-t5-base [--template flan] [--target label] [--max-prompt-length 512] \
+        [--stage all|text|shards] [--dtype auto|uint16|int32] [--shard-size 0]
+
+Usually called through t5-scripts/tools/process_data_anli.sh, which maps environment overrides onto these flags.
+Bad input ends with one line on stderr and exit status 1; see minillm/data/process.py for the output layout.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from minillm.data.anli import DataError, detect_layout, download_anli  # noqa: E402
+from minillm.data.process import build_shards, build_text, log  # noqa: E402
+from minillm.data.templates import TARGET_KINDS, TEMPLATES  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--raw-dir", type=Path, help="raw ANLI folder (either layout); default: --download-dir, "
+                   "downloading facebook/anli there if it holds no data")
+    p.add_argument("--download-dir", type=Path, help="where to download facebook/anli when --raw-dir is not given")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--tokenizer", default="google/flan-t5-base", help="hub name or local tokenizer folder")
+    p.add_argument("--template", default="flan", choices=sorted(TEMPLATES))
+    p.add_argument("--target", default="label", choices=TARGET_KINDS)
+    p.add_argument("--max-prompt-length", type=int, default=512)
+    p.add_argument("--stage", default="all", choices=("all", "text", "shards"))
+    p.add_argument("--dtype", default="auto", help="auto (uint16 when the vocabulary fits, else int32), uint16, int32")
+    p.add_argument("--shard-size", type=int, default=0, help="items per shard; 0 = one shard per split")
+    args = p.parse_args(argv)
+    if args.raw_dir is None and args.download_dir is None and args.stage != "shards":
+        p.error("give --raw-dir, or --download-dir to download facebook/anli")
+    if args.shard_size < 0:
+        p.error("--shard-size must be >= 0")
+    return args
+
+
+def resolve_raw_dir(args) -> Path:
+    if args.raw_dir is not None:
+        return args.raw_dir
+    try:
+        detect_layout(args.download_dir)
+        return args.download_dir
+    except DataError:
+        log(f"no raw ANLI data in {args.download_dir}: downloading facebook/anli")
+        return download_anli(args.download_dir)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        if args.stage in ("all", "text"):
+            raw_dir = resolve_raw_dir(args)
+            counts = build_text(raw_dir, args.out_dir, args.template, args.target)
+            log(f"text stage: {sum(counts.values())} examples from {raw_dir} in {len(counts)} round/split files")
+        if args.stage in ("all", "shards"):
+            build_shards(args.out_dir, args.tokenizer, args.max_prompt_length, args.dtype, args.shard_size,
+                         args.template, args.target)
+    except DataError as err:
+        sys.exit(f"process_data_anli: error: {err}")
+
+
+if __name__ == "__main__":
+    main()

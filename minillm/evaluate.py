@@ -1,0 +1,110 @@
+"""Evaluate one checkpoint on ANLI (see :mod:`minillm.evaluation` for what is computed), in a single process.
+
+    python -m minillm.evaluate --model-path CKPT --data-dir DIR [--split test] [--rounds r1 r2 r3]
+        [--batch-size 32] [--max-new-tokens 16] [--no-generate] [--max-examples N] [--dtype fp32|bf16]
+        [--tokenizer-path TOK] [--out-dir DIR]
+
+Prints the per-round table and writes ``results.json`` and ``predictions.jsonl`` to ``--out-dir``
+(default ``CKPT/eval/SPLIT``). Runs on the GPU when there is one. Bad input is reported in one line on stderr
+with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from .data.anli import ROUNDS
+from .data.seq2seq import read_meta
+from .evaluation import check_split, evaluate, format_table, write_results
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
+
+
+class InputError(Exception):
+    """A problem with the command line's input, reported as one line."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m minillm.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--model-path", required=True, help="checkpoint folder (Hugging Face layout)")
+    parser.add_argument("--data-dir", required=True, help="output folder of process_data_anli.sh")
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--rounds", nargs="+", default=list(ROUNDS), choices=ROUNDS, help="rounds (default: all)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="greedy generation length")
+    parser.add_argument("--no-generate", dest="generate", action="store_false",
+                        help="skip generation: rank classification and loss only")
+    parser.add_argument("--max-examples", type=int, default=None, help="at most this many examples per round")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="model weights dtype")
+    parser.add_argument("--tokenizer-path", default=None,
+                        help="tokenizer used when the checkpoint folder has none")
+    parser.add_argument("--out-dir", default=None, help="default: MODEL_PATH/eval/SPLIT")
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "max_new_tokens", "max_examples"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
+    return args
+
+
+def load_model_and_tokenizer(args: argparse.Namespace):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    model_path = Path(args.model_path)
+    if not (model_path / "config.json").is_file():
+        raise InputError(f"--model-path {model_path}: no config.json there; give a checkpoint folder")
+    has_tokenizer = any((model_path / name).is_file() for name in TOKENIZER_FILES)
+    tokenizer_path = model_path if has_tokenizer else args.tokenizer_path
+    if tokenizer_path is None:
+        raise InputError(f"--model-path {model_path} holds no tokenizer; pass --tokenizer-path")
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForSeq2SeqLM.from_pretrained(model_path, dtype=DTYPES[args.dtype])
+    except (OSError, ValueError) as err:
+        raise InputError(f"--model-path {model_path}: cannot load the model: {_first_line(err)}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    except (OSError, ValueError) as err:
+        raise InputError(f"tokenizer {tokenizer_path}: cannot load it: {_first_line(err)}") from None
+    return model, tokenizer
+
+
+def _first_line(err: Exception, limit: int = 200) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:limit] if lines else ''}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        meta = read_meta(args.data_dir)
+        check_split(args.data_dir, args.split, args.rounds)  # before the (slow) model load
+        model, tokenizer = load_model_and_tokenizer(args)
+        if meta["vocab_size"] > model.config.vocab_size:
+            raise InputError(f"--data-dir {args.data_dir} was tokenised with {meta['vocab_size']} tokens but the "
+                             f"model has {model.config.vocab_size} logits: wrong tokenizer for this model")
+        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        result = evaluate(model, tokenizer, args.data_dir, split=args.split, rounds=args.rounds,
+                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, generate=args.generate,
+                          max_examples=args.max_examples)
+    except (InputError, FileNotFoundError) as err:
+        print(f"minillm.evaluate: error: {err}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out_dir) if args.out_dir else Path(args.model_path) / "eval" / args.split
+    write_results(result, out_dir)
+    print(f"{args.model_path} on {args.split}:")
+    print(format_table(result))
+    for example in result["overall"]["unparsed_examples"] or []:
+        print(f"unparsed generation, uid {example['uid']}: {example['generated']!r}")
+    print(f"wrote {out_dir / 'results.json'} and {out_dir / 'predictions.jsonl'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""ANLI evaluation of a sequence-to-sequence model, per round (r1, r2, r3) and over their union.
+
+What is computed for each example (prompt x, gold target y, answer options o_0, o_1, o_2 for labels 0/1/2):
+
+- **rank classification**: ``score_k = sum_t log p(o_k,t | o_k,<t, x)`` over the option's tokens including EOS
+  (the options are tokenised like the targets in the shards), in fp32; the predicted label is ``argmax_k score_k``
+  (the first on a tie). For ``label_reason`` targets (answer, then a rationale) the options are still the bare
+  answers, so the answer alone is scored.
+- **loss**: ``-sum_t log p(y_t | y_<t, x)`` and the token count of y; a round's loss is the sum of those sums over
+  the sum of the counts (mean token cross-entropy).
+- **greedy generation** (``max_new_tokens`` new tokens at most), decoded without special tokens, and
+  - its label: the option that the normalised text equals or starts with, followed by a non-alphanumeric character
+    (lowercase, whitespace collapsed, punctuation and whitespace stripped at both ends; the longest matching option
+    wins, so "No way" can beat "No"); ``None`` when no option matches, which counts as wrong and is reported;
+  - Rouge-L F-measure x 100 against the target text (``rouge_score``, Porter stemmer);
+  - exact match x 100 after SQuAD normalisation (lowercase, punctuation and the articles a/an/the removed,
+    whitespace collapsed).
+
+Per round and overall: n, loss, accuracy of both predictions, unparsed generations (count and a few examples),
+Rouge-L, exact match, 3x3 confusion matrices (rows gold label, columns predicted label, ids 0/1/2) and the share
+of each predicted label. Every rate is a percentage; a generation share counts unparsed texts in the denominator.
+
+Batching: a process's examples are sorted by prompt length (longest first) and cut into batches of ``batch_size``,
+so that little padding is computed. Per batch of prompts the encoder runs once. Its hidden states are repeated
+three times along the batch (``repeat_interleave``) for a single decoder pass over all (prompt, option) rows,
+reused for one decoder pass over the gold targets, and handed to ``generate`` as ``encoder_outputs``, so no prompt
+is encoded twice. This scheme is specific to encoder-decoder models; the adapter supplies the decoder inputs, the
+log-probs and generation.
+
+Distributed: under ``torch.distributed`` each rank takes the strided part ``rank::world_size`` of the examples,
+padded by repeating one of its examples to ``ceil(n / world_size)`` so that every rank makes the same number of
+encoder, decoder and ``generate`` calls (ZeRO-3 gathers parameters collectively on each call; ``generate`` also gets
+``synced_gpus=True``). The padding is dropped and the per-example results are gathered to every rank with
+``all_gather_object``, so every rank returns the full result, in the same order as a single process would.
+Pass the bare model (``engine.module`` under DeepSpeed), and write files from one rank only.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from transformers.modeling_outputs import BaseModelOutput
+
+from .data.seq2seq import Seq2SeqExamples
+from .data.templates import LABEL_NAMES
+from .models.adapter import IGNORE_INDEX, Seq2SeqAdapter, collate, pad_right
+
+NUM_LABELS = len(LABEL_NAMES)
+UNPARSED_EXAMPLES_KEPT = 5
+_STRIP_CHARS = string.punctuation + string.whitespace
+
+
+# ------------------------------------------------------------------------------------------- text metrics
+
+def parse_answer(text: str, options) -> int | None:
+    """Index of the option that ``text`` states, or None (see the module docstring for the rule)."""
+    normalised = _normalise_for_parsing(text)
+    best, best_length = None, 0
+    for index, option in enumerate(options):
+        wanted = _normalise_for_parsing(option)
+        if not wanted or not normalised.startswith(wanted):
+            continue
+        rest = normalised[len(wanted):]
+        if rest and rest[0].isalnum():  # "Nothing" does not state "No"
+            continue
+        if len(wanted) > best_length:
+            best, best_length = index, len(wanted)
+    return best
+
+
+def _normalise_for_parsing(text: str) -> str:
+    return " ".join(text.lower().split()).strip(_STRIP_CHARS)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lowercase, drop punctuation and the articles a/an/the, collapse whitespace."""
+    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, target: str) -> float:
+    """100 when both texts are equal after :func:`normalize_answer`, else 0."""
+    return 100.0 * (normalize_answer(prediction) == normalize_answer(target))
+
+
+@functools.cache
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l(prediction: str, target: str) -> float:
+    """Rouge-L F-measure x 100 of ``prediction`` against ``target``."""
+    return 100.0 * _rouge_scorer().score(target, prediction)["rougeL"].fmeasure
+
+
+# ------------------------------------------------------------------------------------------- aggregation
+
+def confusion_matrix(gold: list[int], predicted: list) -> list[list[int]]:
+    """Counts ``[gold][predicted]`` over label ids; a None prediction (unparsed) is left out."""
+    matrix = [[0] * NUM_LABELS for _ in range(NUM_LABELS)]
+    for g, p in zip(gold, predicted):
+        if p is not None:
+            matrix[g][p] += 1
+    return matrix
+
+
+def label_shares(predicted: list) -> dict[str, float]:
+    """Percentage of the predictions that are each label (None counts in the denominator only)."""
+    return {name: 100.0 * sum(p == label for p in predicted) / len(predicted)
+            for label, name in enumerate(LABEL_NAMES)}
+
+
+def summarize(predictions: list[dict]) -> dict:
+    """The figures of one round (or of the union) from per-example predictions as :func:`evaluate` returns them.
+
+    Generation figures are None when the predictions carry no generated text (``generate=False``); every figure
+    but ``n`` is None for an empty list.
+    """
+    n = len(predictions)
+    summary = {"n": n, "loss": None, "accuracy_rank": None, "accuracy_generate": None, "unparsed": None,
+               "unparsed_examples": None, "rougeL": None, "exact_match": None, "confusion_rank": None,
+               "confusion_generate": None, "label_share_rank": None, "label_share_generate": None}
+    if n == 0:
+        return summary
+    gold = [p["gold_label"] for p in predictions]
+    ranked = [p["rank_label"] for p in predictions]
+    tokens = sum(p["target_tokens"] for p in predictions)
+    summary.update(
+        loss=sum(p["target_nll"] for p in predictions) / tokens,
+        accuracy_rank=100.0 * sum(g == r for g, r in zip(gold, ranked)) / n,
+        confusion_rank=confusion_matrix(gold, ranked),
+        label_share_rank=label_shares(ranked),
+    )
+    if any(p["generated"] is None for p in predictions):
+        return summary
+    generated = [p["generated_label"] for p in predictions]
+    unparsed = [p for p in predictions if p["generated_label"] is None]
+    summary.update(
+        accuracy_generate=100.0 * sum(g == p for g, p in zip(gold, generated)) / n,
+        unparsed=len(unparsed),
+        unparsed_examples=[{"uid": p["uid"], "generated": p["generated"]}
+                           for p in unparsed[:UNPARSED_EXAMPLES_KEPT]],
+        rougeL=sum(p["rougeL"] for p in predictions) / n,
+        exact_match=sum(p["exact_match"] for p in predictions) / n,
+        confusion_generate=confusion_matrix(gold, generated),
+        label_share_generate=label_shares(generated),
+    )
+    return summary
+
+
+# ------------------------------------------------------------------------------------------- data
+
+@dataclass
+class EvalExample:
+    """Prompt and gold target ids (both ending in EOS, as in the shards) and the example's jsonl record."""
+
+    prompt_ids: np.ndarray
+    target_ids: np.ndarray
+    record: dict
+
+
+def check_split(data_dir, split: str, rounds) -> None:
+    """FileNotFoundError naming the first missing shard or record file of ``split`` in ``rounds``."""
+    for round_name in rounds:
+        directory = Path(data_dir) / "full" / round_name
+        for path in (directory / f"{split}_0.idx", directory / f"{split}.jsonl"):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: missing; split {split!r} of round {round_name} was not processed")
+
+
+def load_examples(data_dir, split: str, rounds, max_examples: int | None = None, max_prompt_length: int = 512,
+                  max_target_length: int = 128) -> list[EvalExample]:
+    """The first ``max_examples`` (None or 0: all) examples of each round, rounds in the order given.
+
+    FileNotFoundError names the first missing shard or record file (checked for every round before any is read).
+    """
+    check_split(data_dir, split, rounds)
+    examples = []
+    for round_name in rounds:
+        data = Seq2SeqExamples(data_dir, round_name, split, max_prompt_length, max_target_length)
+        records = data.records()
+        if len(records) != len(data):
+            raise ValueError(f"{data.records_path}: {len(records)} records but {len(data)} shard items")
+        count = min(len(data), max_examples) if max_examples else len(data)
+        for i in range(count):
+            if len(records[i]["options"]) != NUM_LABELS:
+                raise ValueError(f"{data.records_path}: uid {records[i]['uid']} has "
+                                 f"{len(records[i]['options'])} options, expected {NUM_LABELS}")
+            prompt, target = data[i]
+            examples.append(EvalExample(prompt, target, records[i]))
+    return examples
+
+
+# ------------------------------------------------------------------------------------------- model passes
+
+
+def _decoder_logits(model, adapter: Seq2SeqAdapter, encoder_hidden: torch.Tensor, attention_mask: torch.Tensor,
+                    labels: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced logits aligned with ``labels`` (adapter convention), from precomputed encoder states."""
+    return model(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden), attention_mask=attention_mask,
+                 decoder_input_ids=adapter.decoder_input_ids(labels), use_cache=False).logits
+
+
+class _OptionTokens:
+    """Token ids (with EOS) of each distinct option triple, tokenised once."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.cache: dict[tuple, list[list[int]]] = {}
+
+    def __call__(self, options) -> list[list[int]]:
+        key = tuple(options)
+        if key not in self.cache:
+            self.cache[key] = self.tokenizer(list(key), add_special_tokens=True)["input_ids"]
+        return self.cache[key]
+
+
+def _score_batch(model, tokenizer, adapter, option_tokens: _OptionTokens, examples: list[EvalExample], device,
+                 generate: bool, max_new_tokens: int, synced_gpus: bool) -> list[dict]:
+    batch = collate([(e.prompt_ids, e.target_ids) for e in examples], adapter.pad_token_id)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    mask = batch["attention_mask"]
+    hidden = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=mask, return_dict=True)
+    hidden = hidden.last_hidden_state
+
+    gold_logprobs = adapter.token_logprobs(_decoder_logits(model, adapter, hidden, mask, batch["labels"]),
+                                           batch["labels"])
+    target_nll = (-gold_logprobs.sum(-1)).tolist()
+    target_tokens = (batch["labels"] != IGNORE_INDEX).sum(-1).tolist()
+
+    option_labels = pad_right([ids for e in examples for ids in option_tokens(e.record["options"])],
+                              IGNORE_INDEX).to(device)
+    option_logits = _decoder_logits(model, adapter, hidden.repeat_interleave(NUM_LABELS, dim=0),
+                                    mask.repeat_interleave(NUM_LABELS, dim=0), option_labels)
+    option_scores = adapter.token_logprobs(option_logits, option_labels).sum(-1).view(len(examples), NUM_LABELS)
+
+    texts = [None] * len(examples)
+    if generate:
+        generated = adapter.generate(model, batch["input_ids"], mask, max_new_tokens, do_sample=False, num_beams=1,
+                                     synced_gpus=synced_gpus,
+                                     encoder_outputs=BaseModelOutput(last_hidden_state=hidden))
+        texts = [text.strip() for text in tokenizer.batch_decode(
+            [row[row != IGNORE_INDEX].tolist() for row in generated.cpu()], skip_special_tokens=True)]
+
+    predictions = []
+    for example, scores, nll, count, text in zip(examples, option_scores.tolist(), target_nll, target_tokens,
+                                                  texts):
+        record = example.record
+        prediction = {
+            "uid": record["uid"], "round": record["round"], "gold_label": record["label"],
+            "rank_label": max(range(NUM_LABELS), key=scores.__getitem__), "option_scores": scores,
+            "generated": text, "generated_label": None, "rougeL": None, "exact_match": None,
+            "target": record["target"], "target_nll": nll, "target_tokens": count,
+        }
+        if text is not None:
+            prediction.update(generated_label=parse_answer(text, record["options"]),
+                              rougeL=rouge_l(text, record["target"]), exact_match=exact_match(text, record["target"]))
+        predictions.append(prediction)
+    return predictions
+
+
+# ------------------------------------------------------------------------------------------- distribution
+
+def rank_part(n: int, rank: int, world_size: int) -> list[tuple[int, bool]]:
+    """``(example index, is_padding)`` for one rank: the indices ``rank::world_size``, padded with repeats of its
+    first index (of index 0 when it has none) to ``ceil(n / world_size)`` so that all ranks do equal work."""
+    own = list(range(rank, n, world_size))
+    filler = own[0] if own else 0
+    return [(i, False) for i in own] + [(filler, True)] * (math.ceil(n / world_size) - len(own))
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+# ------------------------------------------------------------------------------------------- entry points
+
+def evaluate(model, tokenizer, data_dir, split: str = "dev", rounds=("r1", "r2", "r3"), batch_size: int = 32,
+             max_new_tokens: int = 16, generate: bool = True, max_examples: int | None = None, adapter=None,
+             max_prompt_length: int = 512, max_target_length: int = 128) -> dict:
+    """Evaluate ``model`` on ``split`` of each round in ``rounds``; see the module docstring for the figures.
+
+    Returns ``{"rounds": {round: summary}, "overall": summary, "predictions": [...], "settings": {...}}`` with
+    summaries as :func:`summarize` gives them and one prediction per example, in data order: uid, round,
+    gold_label, rank_label, option_scores (3 log-likelihoods), generated (text or None), generated_label (label id
+    or None), rougeL, exact_match (None without generation), target (text), target_nll and target_tokens.
+
+    ``max_examples`` (None or 0: all) caps each round. A missing round or split raises FileNotFoundError naming the
+    path, before the model is touched. The model is put in eval mode and returned to its previous mode.
+    """
+    rounds = tuple(rounds)
+    examples = load_examples(data_dir, split, rounds, max_examples, max_prompt_length, max_target_length)
+    adapter = adapter or Seq2SeqAdapter.for_model(model)
+    device = next(model.parameters()).device
+    rank, world_size = _world()
+
+    part = rank_part(len(examples), rank, world_size)
+    part.sort(key=lambda item: -len(examples[item[0]].prompt_ids))  # similar lengths share a batch: less padding
+    option_tokens = _OptionTokens(tokenizer)
+    scored: list[tuple[int, dict]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(part), batch_size):
+                chunk = part[start:start + batch_size]
+                predictions = _score_batch(model, tokenizer, adapter, option_tokens,
+                                           [examples[i] for i, _ in chunk], device, generate, max_new_tokens,
+                                           synced_gpus=world_size > 1)
+                scored.extend((i, p) for (i, padding), p in zip(chunk, predictions) if not padding)
+    finally:
+        model.train(was_training)
+
+    if world_size > 1:
+        gathered = [None] * world_size
+        dist.all_gather_object(gathered, scored)
+        scored = [item for part_scored in gathered for item in part_scored]
+    predictions = [p for _, p in sorted(scored, key=lambda item: item[0])]
+
+    return {
+        "rounds": {r: summarize([p for p in predictions if p["round"] == r]) for r in rounds},
+        "overall": summarize(predictions),
+        "predictions": predictions,
+        "settings": {"data_dir": str(data_dir), "split": split, "rounds": list(rounds), "generate": generate,
+                     "max_new_tokens": max_new_tokens, "max_examples": max_examples or None,
+                     "world_size": world_size},
+    }
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def write_results(result: dict, out_dir) -> None:
+    """``out_dir/predictions.jsonl`` (one example a line) and ``out_dir/results.json`` (everything else)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomically(out_dir / "predictions.jsonl",
+                      "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result["predictions"]))
+    summary = {k: v for k, v in result.items() if k != "predictions"}
+    _write_atomically(out_dir / "results.json", json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+
+
+_TABLE_COLUMNS = (("n", "n", "{:d}"), ("loss", "loss", "{:.4f}"), ("acc(rank)", "accuracy_rank", "{:.2f}"),
+                  ("acc(gen)", "accuracy_generate", "{:.2f}"), ("unparsed", "unparsed", "{:d}"),
+                  ("rougeL", "rougeL", "{:.2f}"), ("EM", "exact_match", "{:.2f}"))
+
+
+def format_table(result: dict) -> str:
+    """One row per round plus ``overall``; ``-`` where a figure was not computed."""
+    rows = [("round", *(title for title, _, _ in _TABLE_COLUMNS))]
+    for name, summary in (*result["rounds"].items(), ("overall", result["overall"])):
+        rows.append((name, *("-" if summary[key] is None else fmt.format(summary[key])
+                             for _, key, fmt in _TABLE_COLUMNS)))
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in
+                               enumerate(zip(row, widths))) for row in rows)

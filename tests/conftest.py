@@ -35,3 +35,18 @@ def shared_anli() -> Path:
 def flan_t5_tokenizer_dir() -> Path:
     """The real Flan-T5 SentencePiece tokenizer: shared/tokenizers/flan-t5."""
     return _shared_path("tokenizers/flan-t5")
+
+
+@pytest.fixture(scope="session")
+def tiny_setup(tmp_path_factory) -> dict:
+    """The embedded default's data and models at test size (300 train / 60 dev / 60 test per round, vocab 256),
+    built once per session through t5-scripts/run_default.sh without its training stages. Treat as read-only."""
+    import subprocess
+
+    work = tmp_path_factory.mktemp("tiny_setup")
+    env = dict(os.environ, WORK=str(work), TRAIN_PER_ROUND="300", EVAL_PER_ROUND="60", VOCAB_SIZE="256",
+               SKIP_TRAINING="1")
+    done = subprocess.run(["bash", str(REPO / "t5-scripts" / "run_default.sh"), str(REPO)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return {"work": work, "data_dir": work / "processed_data" / "synthetic_nli", "models": work / "models"}

@@ -35,15 +35,10 @@ ROUNDS = ("r1", "r2", "r3")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tiny_setup):
     """Synthetic data, tokenizer, random tiny teacher/student, and a student trained 40 steps (``trained``)."""
-    work = tmp_path_factory.mktemp("eval_setup")
-    env = dict(os.environ, WORK=str(work), TRAIN_PER_ROUND="300", EVAL_PER_ROUND="60", VOCAB_SIZE="256")
-    done = subprocess.run(["bash", str(REPO / "t5-scripts" / "run_default.sh"), str(REPO)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    data_dir = work / "processed_data" / "synthetic_nli"
-    models = work / "models"
+    data_dir = tiny_setup["data_dir"]
+    models = tiny_setup["models"]
 
     model = AutoModelForSeq2SeqLM.from_pretrained(models / "tiny-student")
     train = Seq2SeqExamples(data_dir, "all", "train")

@@ -1,0 +1,1 @@
+"""The training engine: distributed start-up, DeepSpeed configuration, checkpoints and the loop."""

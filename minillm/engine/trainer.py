@@ -1,0 +1,224 @@
+"""The training loop: one function, read top to bottom.
+
+Per optimizer step: the global batch (``batch_size x processes x grad_acc`` examples, length-bucketed) is fixed by
+``(seed, epoch, position)``; each rank takes its rows and cuts them into ``grad_acc`` micro-batches; the objective
+returns summed losses; the loop divides by the unit count of the *global* batch (one all-reduce of a scalar), so
+the update is the same whatever the split over processes and accumulation steps:
+
+    loss passed to DeepSpeed = loss_sum x (world_size x grad_acc) / N_global
+
+DeepSpeed divides by ``grad_acc`` and averages gradients over ranks, which leaves ``sum(loss_sum) / N_global``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.seq2seq import Seq2SeqExamples, bucketed_batches, rank_slice, read_meta
+from ..evaluation import evaluate, format_table
+from ..models.adapter import IGNORE_INDEX, Seq2SeqAdapter, collate
+from ..objectives import build_objective
+from .checkpoint import find_checkpoint, load_training_state, save_checkpoint
+from .config import TrainConfig
+from .deepspeed_config import check_precision, load_deepspeed_config, offloads_optimizer, precision
+from .distributed import all_reduce_sum, device_for, init_distributed
+from .run_log import RunLog
+
+# --select-by -> (overall figure, +1 if higher is better else -1)
+SELECT_METRIC = {"loss": ("loss", -1), "accuracy": ("accuracy_rank", +1), "rougeL": ("rougeL", +1)}
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str, min_ratio: float) -> float:
+    """Learning-rate multiplier at ``step`` (0-based): linear warmup ``(step + 1) / warmup`` over the first
+    ``warmup`` steps, then constant, or cosine from 1 down to ``min_ratio`` at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def parameter_groups(model, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only; biases and norm scales (1-D) are not decayed."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def build_optimizer(model, config: TrainConfig, ds_config: dict):
+    groups = parameter_groups(model, config.weight_decay)
+    if offloads_optimizer(ds_config):  # ZeRO-Offload steps on the CPU: DeepSpeed's vectorised Adam
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps)
+
+
+def load_model(config: TrainConfig):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    overrides = {} if config.dropout is None else {"dropout_rate": config.dropout}
+    model = AutoModelForSeq2SeqLM.from_pretrained(config.model_path, dtype=torch.float32, **overrides)
+    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_path or config.model_path)
+    return model, tokenizer
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _padding_cells(batch: dict) -> tuple[int, int]:
+    """(real tokens, computed cells) over the encoder input and the decoder target."""
+    real = int(batch["attention_mask"].sum()) + int((batch["labels"] != IGNORE_INDEX).sum())
+    return real, batch["input_ids"].numel() + batch["labels"].numel()
+
+
+def train(config: TrainConfig) -> dict:
+    """Run training as configured; returns the trainer state at the end (step, best metric and step)."""
+    rank, world_size, local_rank = init_distributed()
+    device = device_for(local_rank)
+    save_dir = Path(config.save_dir)
+    seed_everything(config.seed + rank)  # dropout differs per rank; the data order uses config.seed as is
+
+    import deepspeed
+
+    model, tokenizer = load_model(config)
+    ds_config = load_deepspeed_config(config.deepspeed_config, config.batch_size, config.grad_acc, world_size)
+    check_precision(ds_config, model.config.model_type, config.deepspeed_config)
+    adapter = Seq2SeqAdapter.for_model(model)
+    objective = build_objective(config.type, config, adapter)
+
+    meta = read_meta(config.data_dir)
+    train_data = Seq2SeqExamples(config.data_dir, config.train_round, "train", config.max_prompt_length,
+                                 config.max_target_length)
+    global_batch_size = config.batch_size * world_size * config.grad_acc
+    steps_per_epoch = len(train_data) // global_batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"--data-dir {config.data_dir}: {len(train_data)} training examples in round "
+                         f"{config.train_round}, fewer than one global batch ({global_batch_size}); lower --batch-size")
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    eval_interval = config.eval_interval or steps_per_epoch
+    save_interval = config.save_interval or eval_interval
+
+    optimizer = build_optimizer(model, config, ds_config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
+        step, total_steps, config.warmup_steps, config.scheduler, config.lr_min / config.lr))
+    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                   config=ds_config)
+
+    state = {"step": 0, "total_steps": total_steps, "world_size": world_size, "select_by": config.select_by,
+             "best_metric": None, "best_step": None}
+    if config.resume:
+        checkpoint = find_checkpoint(save_dir / "last")
+        if checkpoint is None:
+            raise ValueError(f"--resume: no complete checkpoint in {save_dir / 'last'}; start without --resume")
+        state.update(load_training_state(engine, checkpoint), total_steps=total_steps)
+    log = RunLog(save_dir, enabled=rank == 0, resumed_step=state["step"] if config.resume else None)
+    args = dataclasses.asdict(config)
+    log.print(f"train: {len(train_data)} examples ({config.train_round}), {world_size} process(es), "
+              f"global batch {global_batch_size}, {steps_per_epoch} steps/epoch, {total_steps} steps, "
+              f"{precision(ds_config)}, ZeRO {ds_config.get('zero_optimization', {}).get('stage', 0)}, "
+              f"data {meta.get('template', '?')}/{meta.get('target', '?')}"
+              + (f", resumed at step {state['step']}" if config.resume else ""))
+
+    def run_evaluation() -> dict:
+        result = evaluate(engine.module, tokenizer, config.data_dir, config.eval_split, config.eval_rounds,
+                          config.eval_batch_size, config.eval_max_new_tokens, config.eval_generate,
+                          config.eval_max_examples, adapter, config.max_prompt_length, config.max_target_length)
+        return {"step": state["step"], "overall": result["overall"], "rounds": result["rounds"]}
+
+    def save(name: str, metrics: dict | None, with_training_state: bool) -> None:
+        save_checkpoint(engine, tokenizer, save_dir / name, args=args, trainer_state=dict(state), metrics=metrics,
+                        with_training_state=with_training_state)
+
+    from tqdm import tqdm
+
+    progress = tqdm(total=total_steps, initial=state["step"], disable=rank != 0, desc="train", dynamic_ncols=True)
+    epoch_batches: tuple[int, list] = (-1, [])
+    window = {"loss": 0.0, "units": 0.0, "real": 0.0, "cells": 0.0, "steps": 0, "start": time.time()}
+    engine.train()
+    while state["step"] < total_steps:
+        epoch, position = divmod(state["step"], steps_per_epoch)
+        if epoch_batches[0] != epoch:
+            epoch_batches = (epoch, bucketed_batches(train_data.lengths, global_batch_size, config.seed, epoch,
+                                                     config.bucket_window))
+        rows = rank_slice(epoch_batches[1][position], rank, world_size)
+        micro_batches = [collate([train_data[int(i)] for i in rows[k * config.batch_size:(k + 1) * config.batch_size]],
+                                 tokenizer.pad_token_id) for k in range(config.grad_acc)]
+        local_units = sum(objective.units(b) for b in micro_batches)
+        (global_units,) = all_reduce_sum([local_units], device)
+        scale = world_size * config.grad_acc / global_units
+        loss_sum, lr = 0.0, scheduler.get_last_lr()[0]  # the rate this step uses
+        for batch in micro_batches:
+            real, cells = _padding_cells(batch)
+            window["real"] += real
+            window["cells"] += cells
+            output = objective(engine, _to_device(batch, device))
+            engine.backward(output.loss_sum * scale)
+            engine.step()
+            loss_sum += float(output.loss_sum.detach())
+        window["loss"] += loss_sum
+        window["units"] += local_units
+        window["steps"] += 1
+        state["step"] += 1
+        progress.update(1)
+
+        if state["step"] % config.log_interval == 0 or state["step"] == total_steps:
+            loss, units, real, cells = all_reduce_sum([window["loss"], window["units"], window["real"],
+                                                       window["cells"]], device)
+            record = {"step": state["step"], "epoch": round(state["step"] / steps_per_epoch, 4),
+                      "loss": loss / units, "lr": lr, "padding": 1.0 - real / cells,
+                      "steps_per_s": window["steps"] / (time.time() - window["start"])}
+            grad_norm = engine.get_global_grad_norm()  # None where DeepSpeed does not track it (ZeRO 0, fp32)
+            if grad_norm is not None:
+                record["grad_norm"] = float(grad_norm)
+            log.write(record, "train")
+            progress.set_postfix(loss=f"{record['loss']:.4f}", pad=f"{record['padding']:.2f}")
+            window = {"loss": 0.0, "units": 0.0, "real": 0.0, "cells": 0.0, "steps": 0, "start": time.time()}
+
+        done = state["step"] == total_steps
+        metrics = None
+        if state["step"] % eval_interval == 0 or done:
+            metrics = run_evaluation()
+            key, sign = SELECT_METRIC[config.select_by]
+            value = metrics["overall"][key]
+            improved = state["best_metric"] is None or sign * (value - state["best_metric"]) > 0
+            if improved:
+                state.update(best_metric=value, best_step=state["step"])
+            log.write({"step": state["step"], "split": config.eval_split, **metrics["overall"],
+                       "rounds": metrics["rounds"]}, "eval")
+            log.print(summary_line(metrics, state, config.select_by))
+            if improved:
+                save("best", metrics, with_training_state=False)
+        if state["step"] % save_interval == 0 or done:
+            save("last", metrics, with_training_state=True)
+    progress.close()
+    if rank == 0 and metrics is not None:
+        log.print(format_table(metrics))
+    log.close()
+    return state
+
+
+def summary_line(metrics: dict, state: dict, select_by: str) -> str:
+    overall = metrics["overall"]
+    parts = [f"eval step {metrics['step']}: loss {overall['loss']:.4f}", f"acc(rank) {overall['accuracy_rank']:.1f}"]
+    if overall["accuracy_generate"] is not None:
+        parts += [f"acc(gen) {overall['accuracy_generate']:.1f}", f"rougeL {overall['rougeL']:.1f}"]
+    parts += [f"{r} {m['accuracy_rank']:.1f}" for r, m in metrics["rounds"].items()]
+    parts.append(f"best {select_by} {state['best_metric']:.4g} @ {state['best_step']}")
+    return " | ".join(parts)

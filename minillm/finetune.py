@@ -1,0 +1,28 @@
+"""The DeepSpeed entrypoint: ``deepspeed [launcher flags] --module minillm.finetune [flags]``.
+
+The t5-scripts call it through ``launch_training`` in ``t5-scripts/common.sh``; ``python -m minillm.finetune ...``
+runs one process without a launcher. ``--help`` lists every flag (see :mod:`minillm.engine.config`).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .engine.config import parse_config
+
+
+def main(argv=None) -> int:
+    config = parse_config(argv)
+    try:
+        config.validate()
+        from .engine.trainer import train
+
+        train(config)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"finetune: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

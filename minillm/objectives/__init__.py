@@ -1,0 +1,23 @@
+"""Training objectives: what a micro-batch costs, independent of DeepSpeed, files and the loop.
+
+An objective is built once from the run configuration (it may load frozen models of its own, such as a teacher)
+and is then called by the loop on every micro-batch. The loop owns the optimiser, the data and the
+normalisation: an objective returns the *sum* of its per-unit losses and says how many units (target tokens, for
+the token-level objectives) a batch holds, so the loop can divide by the count over the whole global batch.
+"""
+
+from __future__ import annotations
+
+from .base import Objective, ObjectiveOutput
+from .sft import SFTObjective
+
+OBJECTIVES: dict[str, type[Objective]] = {"sft": SFTObjective}
+
+
+def build_objective(name: str, config, adapter) -> Objective:
+    if name not in OBJECTIVES:
+        raise ValueError(f"--type {name}: unknown objective; known: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name](config, adapter)
+
+
+__all__ = ["OBJECTIVES", "Objective", "ObjectiveOutput", "build_objective"]

@@ -1,0 +1,33 @@
+"""The interface every training objective implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..models.adapter import IGNORE_INDEX
+
+
+@dataclass
+class ObjectiveOutput:
+    """``loss_sum``: differentiable sum of the per-unit losses of one micro-batch; ``metrics``: detached sums over
+    the same units (the loop averages them by the global unit count for logging)."""
+
+    loss_sum: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Objective:
+    """Base class: ``units(batch)`` counts what ``loss_sum`` sums over; ``__call__`` computes it."""
+
+    def __init__(self, config, adapter):
+        self.config = config
+        self.adapter = adapter
+
+    def units(self, batch: dict) -> int:
+        """Target tokens of the batch: the normaliser of token-level losses."""
+        return int((batch["labels"] != IGNORE_INDEX).sum())
+
+    def __call__(self, model, batch: dict) -> ObjectiveOutput:
+        raise NotImplementedError

@@ -1,0 +1,256 @@
+"""The training engine (minillm/engine, minillm/finetune.py) driven through the real t5-scripts/sft scripts.
+
+Every run here is a DeepSpeed-launched process group on CPU (gloo), on the tiny embedded-default setup.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from minillm.data.seq2seq import bucketed_batches
+from minillm.engine.config import parse_config
+from minillm.engine.deepspeed_config import check_precision, load_deepspeed_config
+from minillm.engine.trainer import lr_factor
+from minillm.evaluation import evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "deepspeed"
+# See test_data_parallel_and_accumulation_match_one_big_batch: updates proportional to the gradients.
+ADAM_AS_SGD = dict(LR=1.0, EXTRA_ARGS="--eval-max-examples 20 --no-eval-generate --log-interval 1 --adam-eps 1.0")
+
+
+def sft_env(setup, save_dir, **overrides) -> dict:
+    """Environment for t5-scripts/sft/*.sh: the tiny student on the tiny data, a few steps, cheap evaluation."""
+    env = dict(os.environ, CKPT=str(setup["models"] / "tiny-student"), DATA_DIR=str(setup["data_dir"]),
+               SAVE_DIR=str(save_dir), NUM_GPUS="1", BATCH_SIZE="8", GRAD_ACC="1", LR="1e-3", EPOCHS="1",
+               MAX_STEPS="6", EVAL_INTERVAL="6", WARMUP_STEPS="2", DS_CONFIG=str(CONFIGS / "zero0_fp32.json"),
+               EXTRA_ARGS="--eval-max-examples 20 --no-eval-generate --log-interval 1")
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+def run_sft(setup, save_dir, script="sft_small.sh", timeout=300, **overrides) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "t5-scripts" / "sft" / script), str(REPO)],
+                          env=sft_env(setup, save_dir, **overrides), capture_output=True, text=True, timeout=timeout)
+
+
+def assert_ok(done: subprocess.CompletedProcess) -> None:
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def weights(folder: Path) -> dict:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+# ------------------------------------------------------------------------------------------- pure pieces
+
+def test_lr_factor_warmup_cosine_constant():
+    assert [lr_factor(s, 10, 4, "cosine", 0.0) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(4, 10, 4, "cosine", 0.0) == pytest.approx(1.0)
+    assert lr_factor(7, 10, 4, "cosine", 0.0) == pytest.approx(0.5)  # halfway through the 6 decay steps
+    assert lr_factor(10, 10, 4, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 0, "constant", 0.0) == 1.0
+
+
+def test_bucketed_batches_cover_once_and_cut_padding():
+    lengths = np.random.default_rng(0).integers(5, 200, size=1000)
+    batches = bucketed_batches(lengths, 10, seed=3, epoch=0, window_batches=20)
+    flat = np.concatenate(batches)
+    assert len(batches) == 100 and len(np.unique(flat)) == 1000
+    assert all(np.array_equal(a, b) for a, b in zip(batches, bucketed_batches(lengths, 10, 3, 0, 20)))
+    assert not np.array_equal(flat, np.concatenate(bucketed_batches(lengths, 10, 3, 1, 20)))
+
+    def padding(bs):
+        return sum(int(lengths[b].max()) * len(b) - int(lengths[b].sum()) for b in bs) / (lengths.sum())
+
+    random_batches = np.random.default_rng(1).permutation(1000).reshape(100, 10)
+    assert padding(batches) < 0.2 * padding(random_batches)
+
+
+def test_deepspeed_config_is_completed_and_checked(tmp_path):
+    config = load_deepspeed_config(CONFIGS / "zero2_bf16.json", micro_batch=4, grad_acc=3, world_size=2)
+    assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"],
+            config["train_batch_size"]) == (4, 3, 24)
+    assert config["zero_allow_untested_optimizer"] is True
+    for name in sorted(os.listdir(CONFIGS)):
+        assert "gradient_clipping" in json.loads((CONFIGS / name).read_text()), name
+
+    no_clip = tmp_path / "no_clip.json"
+    no_clip.write_text('{"zero_optimization": {"stage": 1}}')
+    with pytest.raises(ValueError, match="gradient_clipping"):
+        load_deepspeed_config(no_clip, 4, 1, 1)
+    conflict = tmp_path / "conflict.json"
+    conflict.write_text('{"gradient_clipping": 1.0, "train_micro_batch_size_per_gpu": 16}')
+    with pytest.raises(ValueError, match="train_micro_batch_size_per_gpu=16 disagrees"):
+        load_deepspeed_config(conflict, 4, 1, 1)
+    with pytest.raises(ValueError, match="fp16 is not supported for t5"):
+        check_precision({"fp16": {"enabled": True}}, "t5", "x.json")
+    check_precision({"fp16": {"enabled": True}}, "gpt2", "x.json")  # decoder-only families may use fp16
+
+
+# ------------------------------------------------------------------------------------------- runs
+
+def test_data_parallel_and_accumulation_match_one_big_batch(tiny_setup, tmp_path):
+    """2 processes x batch 4, and 1 process x batch 4 x 2 accumulation steps, reach the parameters of 1 process x
+    batch 8: the loss is normalised by the token count of the whole global batch.
+
+    Adam's first steps are ``lr x sign(g)`` for every coordinate, which turns float rounding in near-zero gradients
+    into full-size differences; a large epsilon makes the update ``~ lr x m`` (SGD with momentum), so the comparison
+    sees the gradients themselves."""
+    runs = {"one_b8": dict(NUM_GPUS=1, BATCH_SIZE=8, GRAD_ACC=1),
+            "two_b4": dict(NUM_GPUS=2, BATCH_SIZE=4, GRAD_ACC=1),
+            "one_b4_acc2": dict(NUM_GPUS=1, BATCH_SIZE=4, GRAD_ACC=2)}
+    for name, overrides in runs.items():
+        assert_ok(run_sft(tiny_setup, tmp_path / name, **ADAM_AS_SGD, **overrides))
+    reference = weights(tmp_path / "one_b8" / "last")
+    initial = load_file(str(tiny_setup["models"] / "tiny-student" / "model.safetensors"))
+    moved = max_difference(reference, initial)
+    assert moved > 1e-3  # it trained
+    for name in ("two_b4", "one_b4_acc2"):
+        assert max_difference(weights(tmp_path / name / "last"), reference) < 1e-5 * moved, name
+    log = [json.loads(line) for line in (tmp_path / "two_b4" / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [r for r in log if "padding" in r]
+    assert [r["step"] for r in train_lines] == [1, 2, 3, 4, 5, 6]
+    assert train_lines[0]["lr"] == pytest.approx(0.5)  # warmup step 1 of 2
+    assert all(0.0 <= r["padding"] < 0.5 for r in train_lines)
+
+
+def test_zero3_two_processes_trains_and_saves_loadable_checkpoint(tiny_setup, tmp_path):
+    assert_ok(run_sft(tiny_setup, tmp_path / "z0", NUM_GPUS=2, BATCH_SIZE=4, **ADAM_AS_SGD))
+    done = run_sft(tiny_setup, tmp_path / "z3", NUM_GPUS=2, BATCH_SIZE=4, DS_CONFIG=CONFIGS / "zero3_fp32.json",
+                   **ADAM_AS_SGD)
+    assert_ok(done)
+    assert "ZeRO 3" in done.stdout + done.stderr
+    z0, z3 = weights(tmp_path / "z0" / "last"), weights(tmp_path / "z3" / "last")
+    moved = max_difference(z0, load_file(str(tiny_setup["models"] / "tiny-student" / "model.safetensors")))
+    assert max_difference(z3, z0) < 1e-5 * moved
+
+    from transformers import AutoModelForSeq2SeqLM
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "z3" / "last")
+    assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
+
+
+def test_checkpoint_reloads_with_the_same_logits(tiny_setup, tmp_path):
+    """best/ loaded with from_pretrained scores the dev set exactly as the in-training model did (its metrics.json
+    holds the loss and per-round accuracy computed by the DeepSpeed-wrapped model at that step)."""
+    assert_ok(run_sft(tiny_setup, tmp_path / "run", MAX_STEPS=8, EVAL_INTERVAL=4))
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    best = tmp_path / "run" / "best"
+    for name in ("config.json", "model.safetensors", "args.json", "metrics.json", "trainer_state.json",
+                 "tokenizer_config.json"):
+        assert (best / name).is_file(), name
+    assert not (best / "training_state").exists() and (tmp_path / "run" / "last" / "training_state").is_dir()
+    recorded = json.loads((best / "metrics.json").read_text())
+    model = AutoModelForSeq2SeqLM.from_pretrained(best)
+    result = evaluate(model, AutoTokenizer.from_pretrained(best), tiny_setup["data_dir"], "dev", generate=False,
+                      max_examples=20)
+    assert result["overall"]["loss"] == pytest.approx(recorded["overall"]["loss"], rel=1e-5)
+    for round_name, summary in recorded["rounds"].items():
+        assert result["rounds"][round_name]["accuracy_rank"] == summary["accuracy_rank"]
+    args = json.loads((best / "args.json").read_text())
+    assert args["type"] == "sft" and args["batch_size"] == 8
+    assert not list(tmp_path.glob("run/*.tmp")) and not list(tmp_path.glob("run/*.old"))
+    assert list((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(tiny_setup, tmp_path):
+    settings = dict(MAX_STEPS=40, EVAL_INTERVAL=40, SAVE_INTERVAL=8,
+                    EXTRA_ARGS="--eval-max-examples 10 --no-eval-generate --log-interval 1 --dropout 0.1")
+    assert_ok(run_sft(tiny_setup, tmp_path / "straight", **settings))
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(["bash", str(REPO / "t5-scripts" / "sft" / "sft_small.sh"), str(REPO)],
+                               env=sft_env(tiny_setup, killed, **settings), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while not (killed / "last" / "trainer_state.json").is_file():
+        assert process.poll() is None and time.time() < deadline, "the run ended before writing last/"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = json.loads((killed / "last" / "trainer_state.json").read_text())["step"]
+    assert killed_at < 40
+
+    settings["EXTRA_ARGS"] += " --resume"
+    done = run_sft(tiny_setup, killed, **settings)
+    assert_ok(done)
+    assert f"resumed at step {killed_at}" in done.stdout + done.stderr
+    straight, resumed = weights(tmp_path / "straight" / "last"), weights(killed / "last")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()
+             if "padding" in json.loads(line)]
+    assert steps == list(range(1, 41))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(DS_CONFIG=CONFIGS.parent / "missing.json"), "DS_CONFIG="),
+    (dict(EXTRA_ARGS="--resume"), "--resume: no complete checkpoint"),
+    (dict(BATCH_SIZE=2000), "fewer than one global batch"),
+])
+def test_bad_input_fails_with_one_clear_line(tiny_setup, tmp_path, overrides, message):
+    done = run_sft(tiny_setup, tmp_path / "bad", **overrides)
+    assert done.returncode != 0
+    assert message in done.stdout + done.stderr
+    assert not (tmp_path / "bad" / "last").exists()
+
+
+def test_flags_are_checked_together(tiny_setup, tmp_path):
+    config = parse_config(["--model-path", "m", "--data-dir", str(tmp_path), "--save-dir", "s", "--deepspeed-config",
+                           str(CONFIGS / "zero0_fp32.json"), "--lr", "0", "--select-by", "rougeL",
+                           "--no-eval-generate", "--batch-size", "0"])
+    with pytest.raises(ValueError) as error:
+        config.validate()
+    for message in ("--lr must be > 0", "--batch-size must be >= 1", "--select-by rougeL needs generation",
+                    f"--data-dir {tmp_path}: no meta.json"):
+        assert message in str(error.value)
+    parse_config(["--model-path", "m", "--data-dir", str(tiny_setup["data_dir"]), "--save-dir", "s",
+                  "--deepspeed-config", str(CONFIGS / "zero0_fp32.json")]).validate()
+
+
+def test_fp16_with_t5_is_refused(tiny_setup, tmp_path):
+    fp16 = tmp_path / "zero0_fp16.json"
+    fp16.write_text('{"gradient_clipping": 1.0, "fp16": {"enabled": true}}')
+    done = run_sft(tiny_setup, tmp_path / "fp16", DS_CONFIG=fp16)
+    assert done.returncode != 0
+    assert "fp16 is not supported for t5" in done.stderr
+
+
+def test_two_simulated_nodes_match_one_node_with_two_processes(tiny_setup, tmp_path):
+    """Multi-node through a hostfile, on one machine: one launcher per "node" (--no_ssh, node ranks 0 and 1, one
+    process each, the same master address and port) forms one group of two and trains like one node of two."""
+    assert_ok(run_sft(tiny_setup, tmp_path / "one_node", NUM_GPUS=2, BATCH_SIZE=4, **ADAM_AS_SGD))
+
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nodes = [subprocess.Popen(
+        ["bash", str(REPO / "t5-scripts" / "sft" / "sft_small.sh"), str(REPO)],
+        env=sft_env(tiny_setup, tmp_path / "two_nodes", NUM_GPUS=1, NUM_NODES=2, HOSTFILE=hostfile, BATCH_SIZE=4,
+                    MASTER_PORT=port, LAUNCHER_ARGS=f"--no_ssh --node_rank {rank} --master_addr 127.0.0.1",
+                    **ADAM_AS_SGD),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    for node, output in zip(nodes, outputs):
+        assert node.returncode == 0, output[-3000:]
+    assert "2 process(es)" in outputs[0]
+    one_node, two_nodes = weights(tmp_path / "one_node" / "last"), weights(tmp_path / "two_nodes" / "last")
+    moved = max_difference(one_node, load_file(str(tiny_setup["models"] / "tiny-student" / "model.safetensors")))
+    assert max_difference(two_nodes, one_node) < 1e-6 * moved

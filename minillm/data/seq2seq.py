@@ -32,8 +32,15 @@ class Seq2SeqExamples:
         self.max_prompt_length = max_prompt_length
         self.max_target_length = max_target_length
         self.records_path = Path(data_dir) / "full" / round_name / f"{split}.jsonl"
-        # sizes include the separator: a close, cheap proxy for padding cost when bucketing
-        self.lengths = np.minimum(self.dataset.sizes, max_prompt_length + max_target_length)
+        # Batches are bucketed by prompt length alone, read from the prompt/ shards (same items, same order): the
+        # encoder input is where padding costs. Targets must stay out of the sort key: they are answer words whose
+        # length depends on the label ("Yes" vs "It's impossible to say"), so sorting by prompt + target length
+        # makes batches of a single label, and a model trained on them stays at chance.
+        prompts = ShardedIndexedDataset(Path(data_dir) / "prompt" / round_name, split)
+        if len(prompts) != len(self.dataset):
+            raise ValueError(f"{data_dir}: prompt/{round_name}/{split} holds {len(prompts)} items but full/ holds "
+                             f"{len(self.dataset)}; rerun process_data_anli.sh")
+        self.prompt_lengths = np.minimum(prompts.sizes, max_prompt_length)
 
     def __len__(self) -> int:
         return len(self.dataset)

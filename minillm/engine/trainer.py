@@ -150,12 +150,12 @@ def train(config: TrainConfig) -> dict:
 
     progress = tqdm(total=total_steps, initial=state["step"], disable=rank != 0, desc="train", dynamic_ncols=True)
     epoch_batches: tuple[int, list] = (-1, [])
-    window = {"loss": 0.0, "units": 0.0, "real": 0.0, "cells": 0.0, "steps": 0, "start": time.time()}
+    window = {"loss": 0.0, "units": 0.0, "real": 0.0, "cells": 0.0, "steps": 0, "start": time.perf_counter()}
     engine.train()
     while state["step"] < total_steps:
         epoch, position = divmod(state["step"], steps_per_epoch)
         if epoch_batches[0] != epoch:
-            epoch_batches = (epoch, bucketed_batches(train_data.lengths, global_batch_size, config.seed, epoch,
+            epoch_batches = (epoch, bucketed_batches(train_data.prompt_lengths, global_batch_size, config.seed, epoch,
                                                      config.bucket_window))
         rows = rank_slice(epoch_batches[1][position], rank, world_size)
         micro_batches = [collate([train_data[int(i)] for i in rows[k * config.batch_size:(k + 1) * config.batch_size]],
@@ -181,15 +181,18 @@ def train(config: TrainConfig) -> dict:
         if state["step"] % config.log_interval == 0 or state["step"] == total_steps:
             loss, units, real, cells = all_reduce_sum([window["loss"], window["units"], window["real"],
                                                        window["cells"]], device)
+            elapsed = time.perf_counter() - window["start"]
+            # throughput of the whole group; tokens are the real (non-padding) prompt and target tokens
             record = {"step": state["step"], "epoch": round(state["step"] / steps_per_epoch, 4),
                       "loss": loss / units, "lr": lr, "padding": 1.0 - real / cells,
-                      "steps_per_s": window["steps"] / (time.time() - window["start"])}
+                      "steps_per_s": window["steps"] / elapsed,
+                      "examples_per_s": window["steps"] * global_batch_size / elapsed, "tokens_per_s": real / elapsed}
             grad_norm = engine.get_global_grad_norm()  # None where DeepSpeed does not track it (ZeRO 0, fp32)
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
             log.write(record, "train")
             progress.set_postfix(loss=f"{record['loss']:.4f}", pad=f"{record['padding']:.2f}")
-            window = {"loss": 0.0, "units": 0.0, "real": 0.0, "cells": 0.0, "steps": 0, "start": time.time()}
+            window = {"loss": 0.0, "units": 0.0, "real": 0.0, "cells": 0.0, "steps": 0, "start": time.perf_counter()}
 
         done = state["step"] == total_steps
         metrics = None

@@ -25,6 +25,10 @@ class TrainConfig:
     type: str = _flag("sft", "training objective", choices=tuple(OBJECTIVES))
     model_path: str = _flag(None, "student checkpoint: hub name or Hugging Face folder (required)")
     tokenizer_path: str = _flag(None, "tokenizer folder or hub name (default: --model-path)")
+    attn_implementation: str = _flag("auto", "attention kernel: auto (eager on CPU, where torch's SDPA has no fused "
+                                     "kernel for training with dropout and its fallback computes bf16 attention in "
+                                     "fp32; transformers' default, sdpa, elsewhere), eager or sdpa",
+                                     choices=("auto", "eager", "sdpa"))
     # data
     data_dir: str = _flag(None, "output folder of process_data_anli.sh (required)")
     train_round: str = _flag("all", "round whose train split is used", choices=("r1", "r2", "r3", "all"))

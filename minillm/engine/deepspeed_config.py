@@ -52,6 +52,21 @@ def zero_stage(config: dict) -> int:
     return int(config.get("zero_optimization", {}).get("stage", 0))
 
 
+def master_weights_in_trainer(config: dict) -> bool:
+    """bf16 without ZeRO: the trainer's own fp32-master AdamW (:mod:`minillm.engine.master_weights`) replaces
+    DeepSpeed's stage-0 bf16 optimizer wrapper, which is several times slower than the update itself."""
+    return precision(config) == "bf16" and zero_stage(config) == 0
+
+
+def engine_config(config: dict) -> dict:
+    """The configuration handed to ``deepspeed.initialize``. With :func:`master_weights_in_trainer` the model is
+    already bf16 and its optimizer keeps the fp32 masters and clips, so DeepSpeed runs its plain path: no bf16
+    wrapper, no clipping of its own (it would clip the bf16 gradients once more, tensor by tensor)."""
+    if not master_weights_in_trainer(config):
+        return config
+    return {**config, "bf16": {**config["bf16"], "enabled": False}, "gradient_clipping": 0.0}
+
+
 def offloads_optimizer(config: dict) -> bool:
     return config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") not in ("none", None)
 

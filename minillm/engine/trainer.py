@@ -28,8 +28,10 @@ from ..models.adapter import IGNORE_INDEX, Seq2SeqAdapter, collate
 from ..objectives import build_objective
 from .checkpoint import find_checkpoint, load_training_state, save_checkpoint
 from .config import TrainConfig
-from .deepspeed_config import check_precision, load_deepspeed_config, offloads_optimizer, precision
+from .deepspeed_config import (check_precision, engine_config, load_deepspeed_config, master_weights_in_trainer,
+                               offloads_optimizer, precision, zero_stage)
 from .distributed import all_reduce_sum, device_for, init_distributed
+from .master_weights import BF16MasterWeightAdamW
 from .run_log import RunLog
 
 # --select-by -> (overall figure, +1 if higher is better else -1)
@@ -60,14 +62,22 @@ def build_optimizer(model, config: TrainConfig, ds_config: dict):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(groups, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps, adamw_mode=True)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps)
+    if master_weights_in_trainer(ds_config):  # casts the model to bf16 and keeps the fp32 masters
+        return BF16MasterWeightAdamW(groups, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps,
+                                     max_grad_norm=ds_config["gradient_clipping"])
+    # fused: one kernel over all tensors (CPU and GPU); the default per-tensor loop is ~9x slower on a CPU
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps, fused=True)
 
 
-def load_model(config: TrainConfig):
+def load_model(config: TrainConfig, device: torch.device):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     overrides = {} if config.dropout is None else {"dropout_rate": config.dropout}
-    model = AutoModelForSeq2SeqLM.from_pretrained(config.model_path, dtype=torch.float32, **overrides)
+    attention = config.attn_implementation
+    if attention == "auto":  # eager T5 attention: flan-t5-small steps ~5-10% faster than with SDPA on a CPU
+        attention = "eager" if device.type == "cpu" else "sdpa"
+    model = AutoModelForSeq2SeqLM.from_pretrained(config.model_path, dtype=torch.float32,
+                                                  attn_implementation=attention, **overrides)
     tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_path or config.model_path)
     return model, tokenizer
 
@@ -97,7 +107,7 @@ def train(config: TrainConfig) -> dict:
 
     import deepspeed
 
-    model, tokenizer = load_model(config)
+    model, tokenizer = load_model(config, device)
     ds_config = load_deepspeed_config(config.deepspeed_config, config.batch_size, config.grad_acc, world_size)
     check_precision(ds_config, model.config.model_type, config.deepspeed_config)
     adapter = Seq2SeqAdapter.for_model(model)
@@ -119,7 +129,11 @@ def train(config: TrainConfig) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
         step, total_steps, config.warmup_steps, config.scheduler, config.lr_min / config.lr))
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                   config=ds_config)
+                                                   config=engine_config(ds_config))
+    if world_size == 1 and zero_stage(ds_config) == 0:
+        # Nothing to reduce; DeepSpeed would still copy every gradient into one flat buffer, all-reduce it with
+        # itself and copy it back, every step.
+        engine.enable_backward_allreduce = False
 
     state = {"step": 0, "total_steps": total_steps, "world_size": world_size, "select_by": config.select_by,
              "best_metric": None, "best_step": None}

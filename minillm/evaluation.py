@@ -165,11 +165,13 @@ def summarize(predictions: list[dict]) -> dict:
 
 @dataclass
 class EvalExample:
-    """Prompt and gold target ids (both ending in EOS, as in the shards) and the example's jsonl record."""
+    """Prompt and gold target ids (both ending in EOS, as in the shards), the example's jsonl record, and the round
+    folder it was read from (``all`` holds records of r1-r3, so the record's own round does not say)."""
 
     prompt_ids: np.ndarray
     target_ids: np.ndarray
     record: dict
+    shard_round: str
 
 
 def check_split(data_dir, split: str, rounds) -> None:
@@ -200,7 +202,7 @@ def load_examples(data_dir, split: str, rounds, max_examples: int | None = None,
                 raise ValueError(f"{data.records_path}: uid {records[i]['uid']} has "
                                  f"{len(records[i]['options'])} options, expected {NUM_LABELS}")
             prompt, target = data[i]
-            examples.append(EvalExample(prompt, target, records[i]))
+            examples.append(EvalExample(prompt, target, records[i], round_name))
     return examples
 
 
@@ -333,7 +335,7 @@ def evaluate(model, tokenizer, data_dir, split: str = "dev", rounds=("r1", "r2",
     predictions = [p for _, p in sorted(scored, key=lambda item: item[0])]
 
     return {
-        "rounds": {r: summarize([p for p in predictions if p["round"] == r]) for r in rounds},
+        "rounds": {r: summarize([p for p, e in zip(predictions, examples) if e.shard_round == r]) for r in rounds},
         "overall": summarize(predictions),
         "predictions": predictions,
         "settings": {"data_dir": str(data_dir), "split": split, "rounds": list(rounds), "generate": generate,

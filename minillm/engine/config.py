@@ -29,6 +29,9 @@ class TrainConfig:
                                      "kernel for training with dropout and its fallback computes bf16 attention in "
                                      "fp32; transformers' default, sdpa, elsewhere), eager or sdpa",
                                      choices=("auto", "eager", "sdpa"))
+    fused_kernels: bool = _flag(True, "swap T5's seven-operation gelu_new and five-operation T5LayerNorm for torch's "
+                                "one-kernel gelu(approximate='tanh') and rms_norm (same functions; see "
+                                "minillm/models/fused.py)")
     # data
     data_dir: str = _flag(None, "output folder of process_data_anli.sh (required)")
     train_round: str = _flag("all", "round whose train split is used", choices=("r1", "r2", "r3", "all"))

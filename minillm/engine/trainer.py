@@ -25,6 +25,7 @@ import torch
 from ..data.seq2seq import Seq2SeqExamples, bucketed_batches, rank_slice, read_meta
 from ..evaluation import evaluate, format_table
 from ..models.adapter import IGNORE_INDEX, Seq2SeqAdapter, collate
+from ..models.fused import fuse_elementwise
 from ..objectives import build_objective
 from .checkpoint import find_checkpoint, load_training_state, save_checkpoint
 from .config import TrainConfig
@@ -78,6 +79,8 @@ def load_model(config: TrainConfig, device: torch.device):
         attention = "eager" if device.type == "cpu" else "sdpa"
     model = AutoModelForSeq2SeqLM.from_pretrained(config.model_path, dtype=torch.float32,
                                                   attn_implementation=attention, **overrides)
+    if config.fused_kernels:
+        fuse_elementwise(model)
     tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_path or config.model_path)
     return model, tokenizer
 
@@ -96,6 +99,13 @@ def _padding_cells(batch: dict) -> tuple[int, int]:
     """(real tokens, computed cells) over the encoder input and the decoder target."""
     real = int(batch["attention_mask"].sum()) + int((batch["labels"] != IGNORE_INDEX).sum())
     return real, batch["input_ids"].numel() + batch["labels"].numel()
+
+
+def _new_window(device) -> dict:
+    """Sums over the steps since the last metric line: loss and the objective's metrics (device tensors), target
+    units, real tokens and computed cells, optimizer steps; and the start time."""
+    return {"loss": torch.zeros((), device=device), "metrics": {}, "units": 0.0, "real": 0.0, "cells": 0.0,
+            "steps": 0, "start": time.perf_counter()}
 
 
 def train(config: TrainConfig) -> dict:
@@ -164,7 +174,7 @@ def train(config: TrainConfig) -> dict:
 
     progress = tqdm(total=total_steps, initial=state["step"], disable=rank != 0, desc="train", dynamic_ncols=True)
     epoch_batches: tuple[int, list] = (-1, [])
-    window = {"loss": 0.0, "units": 0.0, "real": 0.0, "cells": 0.0, "steps": 0, "start": time.perf_counter()}
+    window = _new_window(device)
     engine.train()
     while state["step"] < total_steps:
         epoch, position = divmod(state["step"], steps_per_epoch)
@@ -177,7 +187,7 @@ def train(config: TrainConfig) -> dict:
         local_units = sum(objective.units(b) for b in micro_batches)
         (global_units,) = all_reduce_sum([local_units], device)
         scale = world_size * config.grad_acc / global_units
-        loss_sum, lr = 0.0, scheduler.get_last_lr()[0]  # the rate this step uses
+        lr = scheduler.get_last_lr()[0]  # the rate this step uses
         for batch in micro_batches:
             real, cells = _padding_cells(batch)
             window["real"] += real
@@ -185,28 +195,33 @@ def train(config: TrainConfig) -> dict:
             output = objective(engine, _to_device(batch, device))
             engine.backward(output.loss_sum * scale)
             engine.step()
-            loss_sum += float(output.loss_sum.detach())
-        window["loss"] += loss_sum
+            # device tensors: no host synchronisation per micro-batch
+            window["loss"] += output.loss_sum.detach()
+            for name, value in output.metrics.items():
+                window["metrics"][name] = window["metrics"].get(name, 0.0) + value
         window["units"] += local_units
         window["steps"] += 1
         state["step"] += 1
         progress.update(1)
 
         if state["step"] % config.log_interval == 0 or state["step"] == total_steps:
-            loss, units, real, cells = all_reduce_sum([window["loss"], window["units"], window["real"],
-                                                       window["cells"]], device)
+            names = sorted(window["metrics"])
+            loss, units, real, cells, *terms = all_reduce_sum(
+                [float(window["loss"]), window["units"], window["real"], window["cells"],
+                 *(float(window["metrics"][name]) for name in names)], device)
             elapsed = time.perf_counter() - window["start"]
             # throughput of the whole group; tokens are the real (non-padding) prompt and target tokens
             record = {"step": state["step"], "epoch": round(state["step"] / steps_per_epoch, 4),
                       "loss": loss / units, "lr": lr, "padding": 1.0 - real / cells,
                       "steps_per_s": window["steps"] / elapsed,
-                      "examples_per_s": window["steps"] * global_batch_size / elapsed, "tokens_per_s": real / elapsed}
+                      "examples_per_s": window["steps"] * global_batch_size / elapsed, "tokens_per_s": real / elapsed,
+                      **{name: term / units for name, term in zip(names, terms)}}
             grad_norm = engine.get_global_grad_norm()  # None where DeepSpeed does not track it (ZeRO 0, fp32)
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
             log.write(record, "train")
             progress.set_postfix(loss=f"{record['loss']:.4f}", pad=f"{record['padding']:.2f}")
-            window = {"loss": 0.0, "units": 0.0, "real": 0.0, "cells": 0.0, "steps": 0, "start": time.perf_counter()}
+            window = _new_window(device)
 
         done = state["step"] == total_steps
         metrics = None

@@ -12,10 +12,11 @@ from ..models.adapter import IGNORE_INDEX
 @dataclass
 class ObjectiveOutput:
     """``loss_sum``: differentiable sum of the per-unit losses of one micro-batch; ``metrics``: detached sums over
-    the same units (the loop averages them by the global unit count for logging)."""
+    the same units of the loss's terms, as tensors (the loop sums them between metric lines and logs each divided by
+    the global unit count, beside ``loss``)."""
 
     loss_sum: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Objective:

@@ -8,14 +8,27 @@ from transformers import T5Config, T5ForConditionalGeneration
 from transformers.activations import NewGELUActivation
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
-from minillm.models.fused import FusedT5LayerNorm, TanhGELU, fuse_elementwise
+from minillm.models.fused import CPU_ATTENTION, FusedT5LayerNorm, TanhGELU, cpu_dropout, fuse_elementwise
 
 
-def tiny_t5(seed: int = 0) -> T5ForConditionalGeneration:
+def tiny_t5(seed: int = 0, dropout_rate: float = 0.0) -> T5ForConditionalGeneration:
     torch.manual_seed(seed)
     config = T5Config(vocab_size=96, d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=2, d_kv=16,
-                      feed_forward_proj="gated-gelu", dropout_rate=0.0, decoder_start_token_id=0)
+                      feed_forward_proj="gated-gelu", dropout_rate=dropout_rate, decoder_start_token_id=0)
+    config._attn_implementation = "eager"
     return T5ForConditionalGeneration(config).eval()
+
+
+def padded_batch():
+    """Prompts of lengths 7, 4 and 2 (right-padded) and targets of lengths 4, 2 and 3 (-100 after)."""
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(2, 96, (3, 7), generator=generator)
+    attention_mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+    labels = torch.randint(2, 96, (3, 4), generator=generator)
+    labels[1, 2:] = -100
+    labels[2, 3:] = -100
+    return {"input_ids": input_ids.masked_fill(attention_mask == 0, 0), "attention_mask": attention_mask,
+            "labels": labels}
 
 
 def test_gelu_matches_gelu_new_in_float64():
@@ -46,23 +59,77 @@ def test_rms_norm_matches_t5_layer_norm(x_dtype, w_dtype, tolerance):
     assert torch.allclose(out_fused.float(), out_reference.float(), rtol=tolerance, atol=tolerance)
 
 
-def test_fused_model_keeps_weights_and_outputs():
+@pytest.mark.parametrize("cpu", [False, True])
+def test_fused_model_keeps_weights_outputs_and_gradients(cpu):
+    """Padded prompts and targets exercise the encoder's padding mask and the decoder's causal mask, which the
+    registered attention function must receive in eager's additive form."""
     model = tiny_t5()
     fused = copy.deepcopy(model)
-    counts = fuse_elementwise(fused)
-    # 2 + 2 gated FF activations; norms: 2 x 2 per encoder layer, 3 per decoder layer, plus the two final norms
-    assert counts == {"gelu_tanh": 4, "rms_norm": 2 * 2 + 2 * 3 + 2}
-    assert not any(isinstance(m, (NewGELUActivation,)) or type(m) is T5LayerNorm for m in fused.modules())
+    counts = fuse_elementwise(fused, cpu=cpu)
+    # 2 + 2 gated FF activations; norms: 2 per encoder layer, 3 per decoder layer, plus the two final norms;
+    # dropouts: 3 per encoder layer (attention, FF block, inside the FF), 4 per decoder layer (plus cross-attention),
+    # one per stack (shared by the embedding and the final norm); attention: 2 self per stack + 2 cross
+    assert counts == {"gelu_tanh": 4, "rms_norm": 2 * 2 + 2 * 3 + 2, "dropout": (2 * 3 + 2 * 4 + 2) if cpu else 0,
+                      "attention": 6 if cpu else 0}
+    assert fused.config._attn_implementation == (CPU_ATTENTION if cpu else "eager")
+    assert not any(isinstance(m, NewGELUActivation) or type(m) is T5LayerNorm for m in fused.modules())
     assert fused.state_dict().keys() == model.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(fused.state_dict().values(), model.state_dict().values()))
 
-    input_ids = torch.randint(2, 96, (3, 7))
-    labels = torch.randint(2, 96, (3, 4))
-    out_model = model(input_ids=input_ids, labels=labels)
-    out_fused = fused(input_ids=input_ids, labels=labels)
-    assert torch.allclose(out_fused.logits, out_model.logits, atol=1e-5)
+    batch = padded_batch()
+    assert torch.allclose(fused(**batch).logits, model(**batch).logits, atol=1e-5)
+    model.train()
+    fused.train()  # dropout_rate 0: training mode differs only in the modules swapped
+    out_model, out_fused = model(**batch), fused(**batch)
+    assert torch.allclose(out_fused.loss, out_model.loss, atol=1e-6)
     out_model.loss.backward()
     out_fused.loss.backward()
     for (name, p), q in zip(model.named_parameters(), fused.parameters()):
         assert torch.allclose(q.grad, p.grad, atol=1e-5, rtol=1e-4), name
-    assert fuse_elementwise(fused) == {"gelu_tanh": 0, "rms_norm": 0}  # idempotent
+    assert fuse_elementwise(fused, cpu=cpu)["gelu_tanh"] == 0  # nothing left to swap
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_cpu_dropout_rate_scale_and_backward(p):
+    torch.manual_seed(0)
+    x = torch.rand(1_000_000, dtype=torch.float64) + 0.5  # no zeros, so a zero output means dropped
+    x.requires_grad_(True)
+    torch.manual_seed(1)
+    y = cpu_dropout(x, p, training=True)
+    dropped = y == 0
+    # binomial standard deviation sqrt(p (1 - p) / n) <= 5e-4: 6 of them
+    assert abs(float(dropped.double().mean()) - p) < 3e-3
+    kept_scale = (y[~dropped] / x[~dropped]).detach()
+    scale = 2**31 / (2**31 - round(p * 2**31))
+    assert torch.allclose(kept_scale, torch.full_like(kept_scale, scale), rtol=1e-12)
+    assert abs(scale - 1 / (1 - p)) < 1e-8
+    (grad,) = torch.autograd.grad(y, x, torch.ones_like(y))  # dy/dx = keep * scale, the forward mask
+    assert torch.equal(grad == 0, dropped) and torch.allclose(grad[~dropped], kept_scale)
+    torch.manual_seed(1)
+    assert torch.equal(cpu_dropout(x, p, training=True), y)  # the global torch seed fixes the mask
+
+
+def test_cpu_dropout_identity_cases():
+    x = torch.randn(1000, dtype=torch.bfloat16)
+    assert cpu_dropout(x, 0.3, training=False) is x and cpu_dropout(x, 0.0, training=True) is x
+    assert torch.equal(cpu_dropout(x, 1.0, training=True), torch.zeros_like(x))
+    y = cpu_dropout(x, 0.3, training=True)
+    assert y.dtype == torch.bfloat16 and y.shape == x.shape
+
+
+def test_cpu_dropout_in_a_model_is_unbiased():
+    """With dropout on, the fused model's training loss averages to the one of transformers' dropout (both are
+    unbiased inverted dropout at the same rate); a wrong rate or scale shows as a shifted mean."""
+    model = tiny_t5(dropout_rate=0.3)
+    fused = copy.deepcopy(model)
+    fuse_elementwise(fused, cpu=True)
+    batch = padded_batch()
+    model.train()
+    fused.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        reference = torch.stack([model(**batch).loss for _ in range(300)])
+        ours = torch.stack([fused(**batch).loss for _ in range(300)])
+    standard_error = float((reference.var() / 300 + ours.var() / 300).sqrt())
+    assert abs(float(reference.mean() - ours.mean())) < 4 * standard_error
+    assert not torch.allclose(ours[0], ours[1])  # dropout is on

@@ -30,8 +30,18 @@ class TrainConfig:
                                      "fp32; transformers' default, sdpa, elsewhere), eager or sdpa",
                                      choices=("auto", "eager", "sdpa"))
     fused_kernels: bool = _flag(True, "swap T5's seven-operation gelu_new and five-operation T5LayerNorm for torch's "
-                                "one-kernel gelu(approximate='tanh') and rms_norm (same functions; see "
-                                "minillm/models/fused.py)")
+                                "one-kernel gelu(approximate='tanh') and rms_norm (same functions), and on CPU "
+                                "torch's serial bernoulli dropout for an integer-threshold one; see "
+                                "minillm/models/fused.py")
+    # distillation (--type kd)
+    teacher_model_path: str = _flag(None, "frozen teacher checkpoint (hub name or folder; same vocabulary as the "
+                                    "student); required by --type kd")
+    kd_ratio: float = _flag(0.5, "weight r of the distillation term: (1 - r) CE + r D")
+    kd_loss: str = _flag("fkl", "divergence D between teacher and student at each gold position "
+                         "(minillm/divergences.py)", choices=("fkl", "rkl", "jsd", "sfkl", "srkl", "tvd", "akl"))
+    jsd_beta: float = _flag(0.5, "beta of --kd-loss jsd (0: forward KL, 1: reverse KL)")
+    skew_alpha: float = _flag(0.1, "alpha of --kd-loss sfkl / srkl")
+    kd_temperature: float = _flag(1.0, "temperature of both distributions in D")
     # data
     data_dir: str = _flag(None, "output folder of process_data_anli.sh (required)")
     train_round: str = _flag("all", "round whose train split is used", choices=("r1", "r2", "r3", "all"))
@@ -89,6 +99,16 @@ class TrainConfig:
             problems.append("--select-by rougeL needs generation in evaluation; drop --no-eval-generate")
         if self.lr_min > self.lr:
             problems.append(f"--lr-min {self.lr_min} exceeds --lr {self.lr}")
+        if self.type == "kd" and self.teacher_model_path is None:
+            problems.append("--type kd needs --teacher-model-path (the frozen teacher checkpoint)")
+        if not 0.0 <= self.kd_ratio <= 1.0:
+            problems.append(f"--kd-ratio must be in [0, 1] (got {self.kd_ratio})")
+        if not 0.0 <= self.jsd_beta <= 1.0:
+            problems.append(f"--jsd-beta must be in [0, 1] (got {self.jsd_beta})")
+        if not 0.0 <= self.skew_alpha < 1.0:
+            problems.append(f"--skew-alpha must be in [0, 1) (got {self.skew_alpha})")
+        if self.kd_temperature <= 0:
+            problems.append(f"--kd-temperature must be > 0 (got {self.kd_temperature})")
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -80,9 +80,36 @@ def load_model(config: TrainConfig, device: torch.device):
     model = AutoModelForSeq2SeqLM.from_pretrained(config.model_path, dtype=torch.float32,
                                                   attn_implementation=attention, **overrides)
     if config.fused_kernels:
-        fuse_elementwise(model)
+        fuse_elementwise(model, cpu=device.type == "cpu")
     tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_path or config.model_path)
     return model, tokenizer
+
+
+def load_frozen_model(path: str, config: TrainConfig, student, ds_config: dict, device: torch.device):
+    """A frozen model for an objective (a teacher): eval mode, no gradients, in the run's precision (bf16 or fp32),
+    with the student's attention and fused kernels; sharded by a ZeRO-3 inference engine when the run is ZeRO-3
+    (so a large teacher fits beside the student), else on ``device``. Stops before training if its vocabulary
+    differs from the student's."""
+    import deepspeed
+    from transformers import AutoModelForSeq2SeqLM
+
+    dtype = torch.bfloat16 if precision(ds_config) == "bf16" else torch.float32
+    frozen = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype,
+                                                   attn_implementation=student.config._attn_implementation)
+    if frozen.config.vocab_size != student.config.vocab_size:
+        raise ValueError(f"--teacher-model-path {path}: vocabulary of {frozen.config.vocab_size} tokens but the "
+                         f"student ({config.model_path}) has {student.config.vocab_size}; teacher and student must "
+                         "share one tokenizer (all Flan-T5 sizes have 32128)")
+    if config.fused_kernels:
+        fuse_elementwise(frozen)
+    frozen.requires_grad_(False).eval()
+    if zero_stage(ds_config) == 3:
+        inference = {"train_micro_batch_size_per_gpu": ds_config["train_micro_batch_size_per_gpu"],
+                     "zero_optimization": {"stage": 3}, "bf16": {"enabled": dtype == torch.bfloat16}}
+        engine = deepspeed.initialize(model=frozen, config=inference)[0]  # no optimizer: parameters sharded only
+        engine.eval()
+        return engine
+    return frozen.to(device)
 
 
 def seed_everything(seed: int) -> None:
@@ -121,7 +148,8 @@ def train(config: TrainConfig) -> dict:
     ds_config = load_deepspeed_config(config.deepspeed_config, config.batch_size, config.grad_acc, world_size)
     check_precision(ds_config, model.config.model_type, config.deepspeed_config)
     adapter = Seq2SeqAdapter.for_model(model)
-    objective = build_objective(config.type, config, adapter)
+    objective = build_objective(config.type, config, adapter,
+                                lambda path: load_frozen_model(path, config, model, ds_config, device))
 
     meta = read_meta(config.data_dir)
     train_data = Seq2SeqExamples(config.data_dir, config.train_round, "train", config.max_prompt_length,

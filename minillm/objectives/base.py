@@ -22,7 +22,7 @@ class ObjectiveOutput:
 class Objective:
     """Base class: ``units(batch)`` counts what ``loss_sum`` sums over; ``__call__`` computes it."""
 
-    def __init__(self, config, adapter):
+    def __init__(self, config, adapter, load_frozen_model=None):
         self.config = config
         self.adapter = adapter
 

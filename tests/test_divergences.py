@@ -1,0 +1,219 @@
+"""minillm/divergences.py against hand computations, known identities and autograd's numerical gradients."""
+
+import math
+
+import pytest
+import torch
+
+from minillm.divergences import (
+    DIVERGENCES,
+    adaptive_kl,
+    forward_kl,
+    generalized_jsd,
+    reverse_kl,
+    skew_forward_kl,
+    skew_reverse_kl,
+    total_variation,
+)
+
+# Two positions over a vocabulary of 3, given as probabilities (logits = their logs).
+S = [[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]]
+T = [[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]]
+
+
+def logits(probabilities) -> torch.Tensor:
+    return torch.tensor(probabilities, dtype=torch.float64).log()
+
+
+def kl(p, q) -> float:
+    return sum(a * math.log(a / b) for a, b in zip(p, q) if a > 0)
+
+
+def mix(p, q, w):
+    return [w * a + (1 - w) * b for a, b in zip(p, q)]
+
+
+def hand(name: str, s, t, **kw) -> float:
+    """The divergence at one position, from the formulas in plain Python floats."""
+    if name == "fkl":
+        return kl(t, s)
+    if name == "rkl":
+        return kl(s, t)
+    if name == "jsd":
+        beta = kw["beta"]
+        m = mix(t, s, beta)
+        return beta * kl(t, m) + (1 - beta) * kl(s, m)
+    if name == "sfkl":
+        return kl(t, mix(t, s, kw["alpha"]))
+    if name == "srkl":
+        return kl(s, mix(s, t, kw["alpha"]))
+    if name == "tvd":
+        return 0.5 * sum(abs(a - b) for a, b in zip(t, s))
+    raise KeyError(name)
+
+
+CASES = [("fkl", {}), ("rkl", {}), ("jsd", {"beta": 0.5}), ("jsd", {"beta": 0.1}), ("jsd", {"beta": 0.9}),
+         ("sfkl", {"alpha": 0.1}), ("srkl", {"alpha": 0.3}), ("tvd", {})]
+KWARG = {"jsd": "beta", "sfkl": "alpha", "srkl": "alpha"}
+
+
+def call(name, student, teacher, mask, **kw):
+    return DIVERGENCES[name](student, teacher, mask, **kw)
+
+
+@pytest.mark.parametrize("name,kw", CASES)
+def test_matches_hand_computation(name, kw):
+    mask = torch.tensor([True, True])
+    per_position = call(name, logits(S), logits(T), mask, reduction="none", **kw)
+    expected = [hand(name, s, t, **kw) for s, t in zip(S, T)]
+    assert torch.allclose(per_position, torch.tensor(expected, dtype=per_position.dtype), rtol=1e-9, atol=1e-12)
+    mean = call(name, logits(S), logits(T), mask, **kw)
+    assert math.isclose(float(mean), sum(expected) / 2, rel_tol=1e-9)
+    total = call(name, logits(S), logits(T), mask, reduction="sum", **kw)
+    assert math.isclose(float(total), sum(expected), rel_tol=1e-9)
+
+
+def test_adaptive_kl_by_hand():
+    """mu = 0.8. Position 0: teacher order 0, 1, 2 (0.5, 0.3, 0.2); the head is {0, 1} (mass before token 1 is
+    0.5 < 0.8, before token 2 it is 0.8), gaps |0.5 - 0.7| + |0.3 - 0.2| = 0.3 on the head, |0.2 - 0.1| = 0.1 on
+    the tail: w_head = 0.75. Position 1: order 1, 2, 0 (0.6, 0.3, 0.1); head {1, 2}, gaps 0.35 + 0.2 = 0.55 against
+    0.15: w_head = 0.55 / 0.7. With mu = 0.5, position 0 has head {0} and gaps 0.2 against 0.2: w_head = 1/2."""
+    mask = torch.tensor([True, True])
+    per_position = adaptive_kl(logits(S), logits(T), mask, mu=0.8, reduction="none")
+    w0, w1 = 0.75, 0.55 / 0.7
+    expected = [w0 * kl(T[0], S[0]) + (1 - w0) * kl(S[0], T[0]), w1 * kl(T[1], S[1]) + (1 - w1) * kl(S[1], T[1])]
+    assert torch.allclose(per_position, torch.tensor(expected, dtype=per_position.dtype), rtol=1e-9)
+    half = adaptive_kl(logits(S), logits(T), mask, mu=0.5, reduction="none")
+    assert math.isclose(float(half[0]), 0.5 * (kl(T[0], S[0]) + kl(S[0], T[0])), rel_tol=1e-9)
+
+
+def random_logits(*shape, seed=0, dtype=torch.float64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype) * 2
+
+
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+def test_non_negative_and_zero_iff_equal(name):
+    student, teacher = random_logits(4, 5, 11, seed=1), random_logits(4, 5, 11, seed=2)
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    assert (call(name, student, teacher, mask, reduction="none") > 1e-6).all()
+    assert float(call(name, teacher, teacher, mask).abs()) < 1e-6
+    # shifting logits by a constant leaves the distribution, so the divergence, unchanged
+    assert float(call(name, teacher + 3.0, teacher, mask).abs()) < 1e-6
+
+
+def test_known_identities():
+    student, teacher = random_logits(3, 4, 9, seed=3), random_logits(3, 4, 9, seed=4)
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    # JSD is symmetric at beta = 1/2
+    assert torch.allclose(generalized_jsd(student, teacher, mask, beta=0.5),
+                          generalized_jsd(teacher, student, mask, beta=0.5))
+    # the endpoints are the forward and reverse KL, and the limits of JSD/beta, JSD/(1-beta)
+    assert torch.equal(generalized_jsd(student, teacher, mask, beta=0.0), forward_kl(student, teacher, mask))
+    assert torch.equal(generalized_jsd(student, teacher, mask, beta=1.0), reverse_kl(student, teacher, mask))
+    small = 1e-5
+    assert torch.allclose(generalized_jsd(student, teacher, mask, beta=small) / small,
+                          forward_kl(student, teacher, mask), rtol=1e-3)
+    assert torch.allclose(generalized_jsd(student, teacher, mask, beta=1 - small) / small,
+                          reverse_kl(student, teacher, mask), rtol=1e-3)
+    # skew with alpha = 0 is the plain KL
+    assert torch.equal(skew_forward_kl(student, teacher, mask, alpha=0.0), forward_kl(student, teacher, mask))
+    assert torch.equal(skew_reverse_kl(student, teacher, mask, alpha=0.0), reverse_kl(student, teacher, mask))
+    # TVD is bounded by 1 and reaches it for disjoint supports
+    assert (total_variation(student, teacher, mask, reduction="none") <= 1).all()
+    disjoint_s = torch.tensor([[0.0, -math.inf, -math.inf]])
+    disjoint_t = torch.tensor([[-math.inf, 0.0, 0.0]])
+    assert float(total_variation(disjoint_s, disjoint_t, torch.tensor([True]))) == 1.0
+
+
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+def test_temperature_divides_both_logits(name):
+    student, teacher = random_logits(2, 3, 7, seed=5), random_logits(2, 3, 7, seed=6)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    assert torch.allclose(call(name, student, teacher, mask, temperature=2.5),
+                          call(name, student / 2.5, teacher / 2.5, mask))
+
+
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+def test_masked_positions_contribute_nothing(name):
+    student = random_logits(2, 4, 7, seed=7).requires_grad_(True)
+    teacher = random_logits(2, 4, 7, seed=8)
+    mask = torch.tensor([[True, True, False, False], [True, False, True, False]])
+    garbage_student = student.detach().clone()
+    garbage_student[~mask] = float("nan")
+    garbage_student[0, 3] = -math.inf
+    garbage_student.requires_grad_(True)
+    garbage_teacher = teacher.clone()
+    garbage_teacher[~mask] = -math.inf
+
+    value = call(name, garbage_student, garbage_teacher, mask)
+    reference = call(name, student[mask], teacher[mask], torch.ones(4, dtype=torch.bool))
+    assert torch.allclose(value, reference)
+    (grad,) = torch.autograd.grad(value, garbage_student)
+    assert torch.isfinite(grad).all() and (grad[~mask] == 0).all()
+    # all masked: 0, not NaN, with a zero gradient
+    empty = call(name, garbage_student, garbage_teacher, torch.zeros_like(mask))
+    assert float(empty.detach()) == 0.0
+    (grad,) = torch.autograd.grad(empty, garbage_student)
+    assert (grad == 0).all()
+
+
+@pytest.mark.parametrize("name", ["fkl", "jsd", "sfkl", "srkl", "tvd"])
+def test_minus_inf_teacher_logits_stay_finite(name):
+    """A teacher that rules tokens out (-inf logits, e.g. top-k filtered) gives finite values and gradients for
+    the divergences whose formula stays finite there (not reverse KL, which is +inf if the student covers them)."""
+    student = random_logits(3, 6, seed=9).requires_grad_(True)
+    teacher = random_logits(3, 6, seed=10)
+    teacher[:, :2] = -math.inf
+    value = call(name, student, teacher, torch.ones(3, dtype=torch.bool))
+    (grad,) = torch.autograd.grad(value, student)
+    assert torch.isfinite(value) and torch.isfinite(grad).all()
+    assert math.isinf(float(reverse_kl(student.detach(), teacher, torch.ones(3, dtype=torch.bool))))
+
+
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+def test_bf16_logits_match_fp32(name):
+    student, teacher = random_logits(4, 6, 50, seed=11, dtype=torch.float32), random_logits(4, 6, 50, seed=12,
+                                                                                            dtype=torch.float32)
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    bf16 = call(name, student.bfloat16(), teacher.bfloat16(), mask)
+    fp32 = call(name, student.bfloat16().float(), teacher.bfloat16().float(), mask)
+    assert bf16.dtype == torch.float32 and torch.allclose(bf16, fp32, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,kw", CASES)
+def test_gradcheck_float64(name, kw):
+    student = random_logits(2, 3, 5, seed=13).requires_grad_(True)
+    teacher = random_logits(2, 3, 5, seed=14).requires_grad_(True)
+    mask = torch.tensor([[True, True, False], [True, False, True]])
+    assert torch.autograd.gradcheck(lambda s, t: call(name, s, t, mask, reduction="sum", **kw), (student, teacher))
+
+
+def test_adaptive_kl_gradient_treats_its_weights_as_constants():
+    """AKL's gradient is that of w FKL + (1 - w) RKL with w frozen at its current value (whose own gradient is
+    checked above), not the derivative of the weight: compare with that frozen mixture."""
+    student = random_logits(2, 3, 5, seed=15).requires_grad_(True)
+    teacher = random_logits(2, 3, 5, seed=16)
+    mask = torch.tensor([[True, True, False], [True, False, True]])
+    fkl = forward_kl(student, teacher, mask, reduction="none")
+    rkl = reverse_kl(student, teacher, mask, reduction="none")
+    akl = adaptive_kl(student, teacher, mask, reduction="none")
+    w_head = ((akl - rkl) / (fkl - rkl)).detach()  # solve akl = w fkl + (1 - w) rkl per position
+    assert ((w_head[mask] > 0) & (w_head[mask] < 1)).all()
+    (grad_akl,) = torch.autograd.grad(akl.sum(), student)
+    frozen = torch.where(mask, w_head * fkl + (1 - w_head) * rkl, torch.zeros_like(fkl))
+    (grad_frozen,) = torch.autograd.grad(frozen.sum(), student)
+    assert torch.allclose(grad_akl, grad_frozen, atol=1e-10)
+
+
+def test_bad_arguments_are_refused():
+    student, teacher, mask = random_logits(2, 5), random_logits(2, 5), torch.ones(2, dtype=torch.bool)
+    with pytest.raises(ValueError, match="beta must be in"):
+        generalized_jsd(student, teacher, mask, beta=1.5)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        skew_forward_kl(student, teacher, mask, alpha=1.0)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        forward_kl(student, teacher, mask, temperature=0)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        forward_kl(student, teacher, mask, reduction="avg")
+    with pytest.raises(ValueError, match="share one vocabulary"):
+        forward_kl(student, random_logits(2, 6), mask)

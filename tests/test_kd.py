@@ -4,6 +4,7 @@ import copy
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -115,7 +116,7 @@ def test_teacher_with_another_vocabulary_is_refused_before_training(tiny_setup, 
 
 def test_kd_without_teacher_is_refused(tiny_setup, tmp_path):
     done = subprocess.run(
-        [str(REPO / ".venv" / "bin" / "python"), "-m", "minillm.finetune", "--type", "kd", "--model-path",
+        [sys.executable, "-m", "minillm.finetune", "--type", "kd", "--model-path",
          str(tiny_setup["models"] / "tiny-student"), "--data-dir", str(tiny_setup["data_dir"]), "--save-dir",
          str(tmp_path), "--deepspeed-config", str(CONFIGS / "zero0_fp32.json"), "--kd-ratio", "1.5"],
         capture_output=True, text=True, timeout=120, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))

@@ -41,12 +41,15 @@ def test_default_job_end_to_end(tmp_path, repo_root):
                         labels=torch.tensor(target[None].astype(np.int64)))
         assert out.logits.shape == (1, len(target), 256) and torch.isfinite(out.loss)
 
-    # Steps 5-7: both models trained through the recipes, their best/ checkpoints scored on test per round.
+    # Steps 5-8: teacher and student SFT'd and the student distilled (KD) through the recipes, the three best/
+    # checkpoints scored on test per round.
     assert "summary: accuracy (rank classification) on test" in done.stdout
-    for name in ("teacher", "student"):
-        run = tmp_path / "results" / "sft" / name
+    for run in (tmp_path / "results" / "sft" / "teacher", tmp_path / "results" / "sft" / "student",
+                tmp_path / "results" / "kd" / "student"):
         log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert any("padding" in r for r in log) and any(r.get("split") == "dev" for r in log)
         results = json.loads((run / "best" / "eval" / "test" / "results.json").read_text())
         assert sorted(results["rounds"]) == ["r1", "r2", "r3"] and results["overall"]["n"] == 180
         assert results["overall"]["unparsed"] == 0
+    kd_log = [json.loads(line) for line in (tmp_path / "results" / "kd" / "student" / "metrics.jsonl").open()]
+    assert all(r["kd"] > 0 and "ce" in r for r in kd_log if "padding" in r)

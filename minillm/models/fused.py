@@ -89,8 +89,10 @@ def t5_attention_cpu_dropout(module, query, key, value, attention_mask, scaling=
                              position_bias=None, **kwargs):
     """Transformers' eager attention for T5, ``softmax(q k^T * scaling + position_bias + mask) v``, with the
     attention probabilities dropped out by :func:`cpu_dropout`; scores are updated in place (one tensor, not three)."""
+    if scaling is None:  # transformers' default; T5 passes 1.0 (it folds 1/sqrt(d) into its initialisation)
+        scaling = query.size(-1) ** -0.5
     scores = torch.matmul(query, key.transpose(2, 3))
-    if scaling is not None and scaling != 1.0:  # T5 folds the 1/sqrt(d) into its initialisation: scaling 1
+    if scaling != 1.0:
         scores.mul_(scaling)
     if position_bias is not None:
         scores.add_(position_bias)

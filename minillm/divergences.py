@@ -116,24 +116,25 @@ def generalized_jsd(student_logits, teacher_logits, mask, beta: float = 0.5, tem
     return _reduce(per_position, mask, reduction)
 
 
+def _skew_kl(p_log: torch.Tensor, q_log: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``KL(p || alpha p + (1 - alpha) q)`` per position; alpha = 0 is ``KL(p || q)``."""
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+    return kl_from_log_probs(p_log, q_log if alpha == 0.0 else _mixture_log(p_log, q_log, alpha))
+
+
 def skew_forward_kl(student_logits, teacher_logits, mask, alpha: float = 0.1, temperature: float = 1.0,
                     reduction: str = "mean"):
     """``KL(t || alpha t + (1 - alpha) s)`` (DistiLLM's SKL; alpha = 0 is forward KL)."""
-    if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
     s_log, t_log = _pair_log_probs(student_logits, teacher_logits, mask, temperature)
-    mixed = s_log if alpha == 0.0 else _mixture_log(t_log, s_log, alpha)
-    return _reduce(kl_from_log_probs(t_log, mixed), mask, reduction)
+    return _reduce(_skew_kl(t_log, s_log, alpha), mask, reduction)
 
 
 def skew_reverse_kl(student_logits, teacher_logits, mask, alpha: float = 0.1, temperature: float = 1.0,
                     reduction: str = "mean"):
     """``KL(s || alpha s + (1 - alpha) t)`` (DistiLLM's SRKL; alpha = 0 is reverse KL)."""
-    if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
     s_log, t_log = _pair_log_probs(student_logits, teacher_logits, mask, temperature)
-    mixed = t_log if alpha == 0.0 else _mixture_log(s_log, t_log, alpha)
-    return _reduce(kl_from_log_probs(s_log, mixed), mask, reduction)
+    return _reduce(_skew_kl(s_log, t_log, alpha), mask, reduction)
 
 
 def total_variation(student_logits, teacher_logits, mask, temperature: float = 1.0, reduction: str = "mean"):

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from minillm.divergences import DIVERGENCES  # noqa: E402
 from minillm.models.adapter import Seq2SeqAdapter  # noqa: E402
 from minillm.models.fused import fuse_elementwise  # noqa: E402
 from minillm.models.tiny import PRESETS, build_model  # noqa: E402
@@ -38,7 +39,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--student", default="flan-t5-small", choices=tuple(PRESETS))
     parser.add_argument("--teacher", default="flan-t5-base", choices=tuple(PRESETS))
-    parser.add_argument("--kd-loss", default="fkl", choices=("fkl", "rkl", "jsd", "sfkl", "srkl", "tvd", "akl"))
+    parser.add_argument("--kd-loss", default="fkl", choices=tuple(DIVERGENCES))
     add_shape_args(parser, iterations=6)
     args = parse_shape_args(parser, argv)
 

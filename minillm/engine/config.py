@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..divergences import DIVERGENCES
 from ..objectives import OBJECTIVES
 
 
@@ -38,7 +39,7 @@ class TrainConfig:
                                     "student); required by --type kd")
     kd_ratio: float = _flag(0.5, "weight r of the distillation term: (1 - r) CE + r D")
     kd_loss: str = _flag("fkl", "divergence D between teacher and student at each gold position "
-                         "(minillm/divergences.py)", choices=("fkl", "rkl", "jsd", "sfkl", "srkl", "tvd", "akl"))
+                         "(minillm/divergences.py)", choices=tuple(DIVERGENCES))
     jsd_beta: float = _flag(0.5, "beta of --kd-loss jsd (0: forward KL, 1: reverse KL)")
     skew_alpha: float = _flag(0.1, "alpha of --kd-loss sfkl / srkl")
     kd_temperature: float = _flag(1.0, "temperature of both distributions in D")

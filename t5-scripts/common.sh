@@ -17,17 +17,36 @@ default_precision() {
   python -c "import torch; print('bf16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'fp32')"
 }
 
-# launch_training [FLAGS...]: start minillm.finetune under the DeepSpeed launcher.
-# The calling script sets its recipe (CKPT, BATCH_SIZE, GRAD_ACC, LR, EPOCHS, ZERO_STAGE, SAVE_DIR, ...) with
-# ${VAR:=default}, so every one of them can be overridden from the environment; FLAGS are the recipe's own flags
-# and EXTRA_ARGS (last, so it wins) the user's. Environment:
+# launch_module MODULE [FLAGS...]: start `python -m MODULE FLAGS...` in NUM_GPUS processes per node under the DeepSpeed
+# launcher (multi-node with HOSTFILE). Environment:
 #   NUM_GPUS [1] processes per node   NUM_NODES [1]   HOSTFILE (multi-node; see configs/hostfiles/)
 #   MASTER_PORT [random free-ish]      LAUNCHER_ARGS (more deepspeed launcher flags, e.g. "--no_ssh --node_rank 1")
+launch_module() {
+  local module="$1"; shift
+  local num_gpus="${NUM_GPUS:-1}" num_nodes="${NUM_NODES:-1}"
+  local port="${MASTER_PORT:-$((20000 + RANDOM % 20000))}"
+  local launcher=(deepspeed --master_port "$port" --no_local_rank --num_gpus "$num_gpus")
+  if [[ -n "${HOSTFILE:-}" ]]; then
+    launcher+=(--hostfile "$HOSTFILE" --num_nodes "$num_nodes")
+  elif [[ "$num_nodes" != 1 ]]; then
+    echo "launch_module: NUM_NODES=$num_nodes needs HOSTFILE (examples in $BASE/configs/hostfiles/)" >&2
+    exit 2
+  fi
+  read -ra launcher_extra <<< "${LAUNCHER_ARGS:-}"
+  # Without GPUs the processes share the CPU cores: split them, or the threads oversubscribe.
+  if [[ -z "${OMP_NUM_THREADS:-}" ]] && ! python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+    export OMP_NUM_THREADS=$(( $(nproc) / num_gpus > 0 ? $(nproc) / num_gpus : 1 ))
+  fi
+  "${launcher[@]}" "${launcher_extra[@]}" --module "$module" "$@"
+}
+
+# launch_training [FLAGS...]: start minillm.finetune through launch_module.
+# The calling script sets its recipe (CKPT, BATCH_SIZE, GRAD_ACC, LR, EPOCHS, ZERO_STAGE, SAVE_DIR, ...) with
+# ${VAR:=default}, so every one of them can be overridden from the environment; FLAGS are the recipe's own flags
+# and EXTRA_ARGS (last, so it wins) the user's. Environment, besides launch_module's:
 #   DATA_DIR [BASE/processed_data/anli/flan-label]   DS_CONFIG [configs/deepspeed/zero${ZERO_STAGE}_${PRECISION}.json]
 #   ZERO_STAGE 0, 1, 2, 3, 2_offload, 3_offload   PRECISION [bf16 if the GPU has it, else fp32]    MAX_STEPS [0]  EVAL_INTERVAL [0]  SAVE_INTERVAL [0]
 launch_training() {
-  local num_gpus="${NUM_GPUS:-1}" num_nodes="${NUM_NODES:-1}"
-  local port="${MASTER_PORT:-$((20000 + RANDOM % 20000))}"
   if [[ -z "${DS_CONFIG:-}" ]]; then
     PRECISION="${PRECISION:-$(default_precision)}"
     DS_CONFIG="$BASE/configs/deepspeed/zero${ZERO_STAGE:-0}_${PRECISION}.json"
@@ -36,22 +55,10 @@ launch_training() {
     echo "launch_training: DS_CONFIG=$DS_CONFIG not found; pick a file in $BASE/configs/deepspeed/" >&2
     exit 2
   fi
-  local launcher=(deepspeed --master_port "$port" --no_local_rank --num_gpus "$num_gpus")
-  if [[ -n "${HOSTFILE:-}" ]]; then
-    launcher+=(--hostfile "$HOSTFILE" --num_nodes "$num_nodes")
-  elif [[ "$num_nodes" != 1 ]]; then
-    echo "launch_training: NUM_NODES=$num_nodes needs HOSTFILE (examples in $BASE/configs/hostfiles/)" >&2
-    exit 2
-  fi
-  read -ra launcher_extra <<< "${LAUNCHER_ARGS:-}"
   read -ra extra <<< "${EXTRA_ARGS:-}"
-  # Without GPUs the processes share the CPU cores: split them, or the threads oversubscribe.
-  if [[ -z "${OMP_NUM_THREADS:-}" ]] && ! python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
-    export OMP_NUM_THREADS=$(( $(nproc) / num_gpus > 0 ? $(nproc) / num_gpus : 1 ))
-  fi
   mkdir -p "$SAVE_DIR"
-  echo "launch_training: $num_nodes node(s) x $num_gpus process(es), $(basename "$DS_CONFIG"), -> $SAVE_DIR"
-  "${launcher[@]}" "${launcher_extra[@]}" --module minillm.finetune \
+  echo "launch_training: ${NUM_NODES:-1} node(s) x ${NUM_GPUS:-1} process(es), $(basename "$DS_CONFIG"), -> $SAVE_DIR"
+  launch_module minillm.finetune \
     --model-path "$CKPT" --data-dir "${DATA_DIR:-$BASE/processed_data/anli/flan-label}" --save-dir "$SAVE_DIR" \
     --deepspeed-config "$DS_CONFIG" --batch-size "$BATCH_SIZE" --grad-acc "$GRAD_ACC" --lr "$LR" \
     --epochs "$EPOCHS" --max-steps "${MAX_STEPS:-0}" --eval-interval "${EVAL_INTERVAL:-0}" \

@@ -84,6 +84,52 @@ def build_text(raw_dir: Path, out_dir: Path, template_name: str, target_kind: st
     return counts
 
 
+def build_pseudo_text(generated_dir: Path, gold_dir: Path, out_dir: Path) -> dict:
+    """SeqKD text: ``out_dir/text`` whose training split is the teacher's outputs from ``generated_dir`` (written by
+    ``minillm.generate_seqkd``, with their ``target_ids``) and whose other splits are copies of ``gold_dir/text``, so
+    that the shards built from it train on the teacher's targets and evaluate on the gold ones. Returns the number of
+    examples per round/split."""
+    gen_meta_path = generated_dir / "meta.json"
+    if not gen_meta_path.is_file():
+        raise DataError(f"{gen_meta_path}: missing; GEN_DIR must be an output folder of generate_data_seqkd.sh")
+    gen_meta = json.loads(gen_meta_path.read_text())
+    gold_text = gold_dir / "text"
+    if not (gold_text / "meta.json").is_file():
+        raise DataError(f"{gold_text / 'meta.json'}: missing; DATA_DIR must be a folder processed by "
+                        "process_data_anli.sh (the gold data the teacher generated from)")
+    gold_meta = json.loads((gold_text / "meta.json").read_text())
+    pseudo_split = gen_meta["split"]
+    staging = out_dir / ".text.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    counts = {}
+    for round_name in ROUNDS:
+        for split in SPLITS:
+            source = (generated_dir if split == pseudo_split else gold_text) / round_name / f"{split}.jsonl"
+            if not source.is_file():
+                continue
+            if split == pseudo_split:
+                records = _read_jsonl(source)
+                missing = [k for k in ("uid", "prompt", "target_ids") if k not in records[0]] if records else []
+                if missing:
+                    raise DataError(f"{source}: field(s) {', '.join(missing)} missing; regenerate it with "
+                                    "generate_data_seqkd.sh")
+                counts[f"{round_name}/{split}"] = len(records)
+            else:
+                counts[f"{round_name}/{split}"] = sum(1 for _ in open(source, encoding="utf-8"))
+            (staging / round_name).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, staging / round_name / f"{split}.jsonl")
+    if not any(key.endswith("/" + pseudo_split) for key in counts):
+        raise DataError(f"{generated_dir}: no {{round}}/{pseudo_split}.jsonl files")
+    meta = {"raw_dir": gold_meta["raw_dir"], "template": gold_meta["template"], "target": gold_meta["target"],
+            "train_targets": "teacher", "teacher": {k: gen_meta[k] for k in (
+                "teacher", "decoding", "temperature", "top_k", "top_p", "num_samples", "max_new_tokens")},
+            "generated_dir": str(generated_dir), "gold_dir": str(gold_dir), "examples": counts}
+    (staging / "meta.json").write_text(json.dumps(meta, indent=1))
+    _replace_dir(staging, out_dir / "text")
+    return counts
+
+
 # --------------------------------------------------------------------------------------------- stage: shards
 
 @dataclass
@@ -191,8 +237,18 @@ def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
 
 
 def tokenize_split(records, tokenizer, template, max_len: int, dtype: np.dtype) -> tuple[TokenizedSplit, int]:
+    """Prompt and target ids of every record. A record with ``target_ids`` (a teacher's output, see
+    :func:`build_pseudo_text`) keeps those ids as its target: decoding and re-encoding them need not give them
+    back, and SeqKD trains on exactly what the teacher generated."""
     prompt_ids = encode_batch(tokenizer, [r["prompt"] for r in records])
-    target_ids = encode_batch(tokenizer, [r["target"] for r in records])
+    target_ids = [r.get("target_ids") for r in records]
+    to_encode = [i for i, ids in enumerate(target_ids) if ids is None]
+    for i, ids in zip(to_encode, encode_batch(tokenizer, [records[i]["target"] for i in to_encode])):
+        target_ids[i] = ids
+    too_large = [r["uid"] for r, ids in zip(records, target_ids) if ids and max(ids) >= separator_id(dtype)]
+    if too_large:
+        raise DataError(f"uid {too_large[0]}: target_ids hold an id >= the {dtype.name} separator "
+                        f"{separator_id(dtype)}; use DTYPE=int32")
     for r in records:
         r["truncated"] = False
     cut = _cut_premises(records, prompt_ids, tokenizer, template, max_len)
@@ -288,8 +344,10 @@ def build_shards(out_dir: Path, tokenizer_name: str, max_prompt_length: int = 51
         }
     meta = {"tokenizer": tokenizer_name, "vocab_size": len(tokenizer), "dtype": np_dtype.name, "separator": sep,
             "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
-            "template": text_meta["template"], "target": text_meta["target"], "max_prompt_length": max_prompt_length,
-            "prompts_cut": cut_total, "shard_size": shard_size, "splits": summary}
+            "template": text_meta["template"], "target": text_meta["target"],
+            "train_targets": text_meta.get("train_targets", "gold"), "teacher": text_meta.get("teacher"),
+            "max_prompt_length": max_prompt_length, "prompts_cut": cut_total, "shard_size": shard_size,
+            "splits": summary}
     for kind in ("full", "prompt"):
         _replace_dir(staging / kind, out_dir / kind)
     shutil.rmtree(staging)

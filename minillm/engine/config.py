@@ -34,15 +34,38 @@ class TrainConfig:
                                 "one-kernel gelu(approximate='tanh') and rms_norm (same functions), and on CPU "
                                 "torch's serial bernoulli dropout for an integer-threshold one; see "
                                 "minillm/models/fused.py")
-    # distillation (--type kd)
+    # distillation (--type kd, seqkd)
     teacher_model_path: str = _flag(None, "frozen teacher checkpoint (hub name or folder; same vocabulary as the "
-                                    "student); required by --type kd")
-    kd_ratio: float = _flag(0.5, "weight r of the distillation term: (1 - r) CE + r D")
+                                    "student); required by --type kd and by seqkd with --kd-ratio > 0")
+    kd_ratio: float = _flag(None, "weight r of the word-level distillation term: (1 - r) CE + r D (default: 0.5 "
+                            "for kd, 0 for seqkd)", type=float)
     kd_loss: str = _flag("fkl", "divergence D between teacher and student at each gold position "
                          "(minillm/divergences.py)", choices=tuple(DIVERGENCES))
     jsd_beta: float = _flag(0.5, "beta of --kd-loss jsd (0: forward KL, 1: reverse KL)")
     skew_alpha: float = _flag(0.1, "alpha of --kd-loss sfkl / srkl")
     kd_temperature: float = _flag(1.0, "temperature of both distributions in D")
+    # MiniLLM (--type minillm): on-policy reverse-KL distillation (minillm/objectives/minillm.py)
+    prompt_data_dir: str = _flag(None, "processed folder whose prompt/{round}/train shards are the prompts rollouts "
+                                 "are sampled for (default: --data-dir)")
+    lm_data_dir: str = _flag(None, "processed folder whose full/{round}/train pairs feed the LM term (unset: no LM "
+                             "term)")
+    lm_coef: float = _flag(1.0, "weight of the LM term (with --lm-data-dir)")
+    num_rollouts: int = _flag(256, "rollouts per collection, over all processes (each samples its share)")
+    chunk_size: int = _flag(16, "prompts per sampling call, per process")
+    ppo_epochs: int = _flag(4, "passes over each collection's rollouts")
+    rollout_max_new_tokens: int = _flag(64, "length limit of sampled targets")
+    teacher_mixed_alpha: float = _flag(0.2, "sample from (1 - alpha) student + alpha teacher")
+    temperature: float = _flag(1.0, "sampling temperature of the student (and the mixed-in teacher)")
+    top_k: int = _flag(0, "top-k cut of the student's distribution (0: none)")
+    top_p: float = _flag(1.0, "top-p cut of the student's distribution (1: none)")
+    gamma: float = _flag(0.95, "discount of the long-term return")
+    length_norm: bool = _flag(True, "divide each return by the number of rewards it sums")
+    single_step_reg: bool = _flag(True, "add the exact token-level KL(q || p) at every sampled position and leave "
+                                  "r_t out of the long-term return")
+    whiten_advantages: bool = _flag(True, "whiten advantages over the valid tokens of all processes' rollouts")
+    cliprange: float = _flag(0.2, "PPO clip range of the ratio (0: no clipping)")
+    reward_scaling: float = _flag(0.5, "rewards are divided by this")
+    cliprange_reward: float = _flag(100.0, "rewards are clipped to +-this after scaling (0: no clipping)")
     # data
     data_dir: str = _flag(None, "output folder of process_data_anli.sh (required)")
     train_round: str = _flag("all", "round whose train split is used", choices=("r1", "r2", "r3", "all"))
@@ -79,6 +102,10 @@ class TrainConfig:
     # distributed / precision
     deepspeed_config: str = _flag(None, "DeepSpeed JSON (configs/deepspeed/): ZeRO stage, precision, clipping")
 
+    def __post_init__(self):
+        if self.kd_ratio is None:  # seqkd is SFT on the teacher's targets unless asked for word-level KD as well
+            self.kd_ratio = 0.0 if self.type == "seqkd" else 0.5
+
     def validate(self) -> None:
         problems = []
         for name in ("model_path", "data_dir", "save_dir", "deepspeed_config"):
@@ -102,6 +129,13 @@ class TrainConfig:
             problems.append(f"--lr-min {self.lr_min} exceeds --lr {self.lr}")
         if self.type == "kd" and self.teacher_model_path is None:
             problems.append("--type kd needs --teacher-model-path (the frozen teacher checkpoint)")
+        if self.type == "seqkd" and self.kd_ratio > 0 and self.teacher_model_path is None:
+            problems.append(f"--type seqkd with --kd-ratio {self.kd_ratio} needs --teacher-model-path")
+        if self.type == "seqkd" and self.data_dir is not None and (Path(self.data_dir) / "meta.json").is_file():
+            targets = json.loads((Path(self.data_dir) / "meta.json").read_text()).get("train_targets", "gold")
+            if targets != "teacher":
+                problems.append(f"--type seqkd: --data-dir {self.data_dir} holds {targets} training targets; build "
+                                "the teacher's with generate_data_seqkd.sh and process_pseudo_data_seqkd.sh")
         if not 0.0 <= self.kd_ratio <= 1.0:
             problems.append(f"--kd-ratio must be in [0, 1] (got {self.kd_ratio})")
         if not 0.0 <= self.jsd_beta <= 1.0:
@@ -110,8 +144,34 @@ class TrainConfig:
             problems.append(f"--skew-alpha must be in [0, 1) (got {self.skew_alpha})")
         if self.kd_temperature <= 0:
             problems.append(f"--kd-temperature must be > 0 (got {self.kd_temperature})")
+        if self.type == "minillm":
+            problems += self._minillm_problems()
         if problems:
             raise ValueError("; ".join(problems))
+
+    def _minillm_problems(self) -> list[str]:
+        problems = []
+        if self.teacher_model_path is None:
+            problems.append("--type minillm needs --teacher-model-path (the frozen teacher checkpoint)")
+        if self.max_steps <= 0:
+            problems.append("--type minillm needs --max-steps (the reference's --total-iters)")
+        for name in ("num_rollouts", "chunk_size", "ppo_epochs", "rollout_max_new_tokens"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        if not 0.0 <= self.teacher_mixed_alpha < 1.0:
+            problems.append(f"--teacher-mixed-alpha must be in [0, 1) (got {self.teacher_mixed_alpha})")
+        if self.temperature <= 0 or self.reward_scaling <= 0:
+            problems.append("--temperature and --reward-scaling must be > 0")
+        if not 0.0 < self.top_p <= 1.0 or self.top_k < 0:
+            problems.append("--top-p must be in (0, 1] and --top-k >= 0")
+        if not 0.0 <= self.gamma <= 1.0:
+            problems.append(f"--gamma must be in [0, 1] (got {self.gamma})")
+        if self.cliprange < 0 or self.cliprange_reward < 0:
+            problems.append("--cliprange and --cliprange-reward must be >= 0 (0: off)")
+        for flag, folder in (("--prompt-data-dir", self.prompt_data_dir), ("--lm-data-dir", self.lm_data_dir)):
+            if folder is not None and not (Path(folder) / "meta.json").is_file():
+                problems.append(f"{flag} {folder}: no meta.json; run t5-scripts/tools/process_data_anli.sh")
+        return problems
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)

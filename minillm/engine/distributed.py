@@ -36,12 +36,16 @@ def device_for(local_rank: int) -> torch.device:
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Element-wise sums over all ranks (float64, so token counts stay exact)."""
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor)
-    return tensor.tolist()
+    return all_reduce_sum_(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
 
 
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks, in place (a no-op in a world of one); returns it."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor

@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.seq2seq import Seq2SeqExamples, bucketed_batches, rank_slice, read_meta
+from ..data.seq2seq import Seq2SeqExamples, read_meta
 from ..evaluation import evaluate, format_table
-from ..models.adapter import IGNORE_INDEX, Seq2SeqAdapter, collate
+from ..models.adapter import IGNORE_INDEX, Seq2SeqAdapter
 from ..models.fused import fuse_elementwise
 from ..objectives import build_objective
+from .batches import Prompts, RolloutBatches, SupervisedBatches, parameters_gathered, prompt_batches
 from .checkpoint import find_checkpoint, load_training_state, save_checkpoint
 from .config import TrainConfig
 from .deepspeed_config import (check_precision, engine_config, load_deepspeed_config, master_weights_in_trainer,
@@ -119,7 +120,9 @@ def seed_everything(seed: int) -> None:
 
 
 def _to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    """Tensors moved to ``device``, nested dicts (a gold batch riding with rollouts) too; other values as they are."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else
+            _to_device(v, device) if isinstance(v, dict) else v for k, v in batch.items()}
 
 
 def _padding_cells(batch: dict) -> tuple[int, int]:
@@ -152,13 +155,31 @@ def train(config: TrainConfig) -> dict:
                                 lambda path: load_frozen_model(path, config, model, ds_config, device))
 
     meta = read_meta(config.data_dir)
-    train_data = Seq2SeqExamples(config.data_dir, config.train_round, "train", config.max_prompt_length,
-                                 config.max_target_length)
+    if objective.on_policy:
+        train_data = Prompts(config.prompt_data_dir or config.data_dir, config.train_round, "train",
+                             config.max_prompt_length)
+        lm = None
+        if config.lm_data_dir is not None:
+            lm = SupervisedBatches(Seq2SeqExamples(config.lm_data_dir, config.train_round, "train",
+                                                   config.max_prompt_length, config.max_target_length),
+                                   config.batch_size, config.grad_acc, rank, world_size, config.seed,
+                                   config.bucket_window, tokenizer.pad_token_id)
+        # `model` is the module the DeepSpeed engine wraps (in place, also when ZeRO-3 partitions it)
+        source = RolloutBatches(objective, model, train_data, lm, config, rank, world_size, device,
+                                tokenizer.pad_token_id, zero_stage(ds_config) == 3)
+        data_summary = f"{len(train_data)} prompts ({config.train_round})"
+    else:
+        train_data = Seq2SeqExamples(config.data_dir, config.train_round, "train", config.max_prompt_length,
+                                     config.max_target_length)
+        source = SupervisedBatches(train_data, config.batch_size, config.grad_acc, rank, world_size, config.seed,
+                                   config.bucket_window, tokenizer.pad_token_id)
+        if source.steps_per_epoch == 0:
+            raise ValueError(f"--data-dir {config.data_dir}: {len(train_data)} training examples in round "
+                             f"{config.train_round}, fewer than one global batch ({source.global_batch_size}); "
+                             "lower --batch-size")
+        data_summary = f"{len(train_data)} examples ({config.train_round})"
     global_batch_size = config.batch_size * world_size * config.grad_acc
-    steps_per_epoch = len(train_data) // global_batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"--data-dir {config.data_dir}: {len(train_data)} training examples in round "
-                         f"{config.train_round}, fewer than one global batch ({global_batch_size}); lower --batch-size")
+    steps_per_epoch = source.steps_per_epoch  # steps per rollout collection for on-policy objectives
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     eval_interval = config.eval_interval or steps_per_epoch
     save_interval = config.save_interval or eval_interval
@@ -182,17 +203,43 @@ def train(config: TrainConfig) -> dict:
         state.update(load_training_state(engine, checkpoint), total_steps=total_steps)
     log = RunLog(save_dir, enabled=rank == 0, resumed_step=state["step"] if config.resume else None)
     args = dataclasses.asdict(config)
-    log.print(f"train: {len(train_data)} examples ({config.train_round}), {world_size} process(es), "
+    log.print(f"train: {data_summary}, {world_size} process(es), "
               f"global batch {global_batch_size}, {steps_per_epoch} steps/epoch, {total_steps} steps, "
               f"{precision(ds_config)}, ZeRO {ds_config.get('zero_optimization', {}).get('stage', 0)}, "
               f"data {meta.get('template', '?')}/{meta.get('target', '?')}"
               + (f", resumed at step {state['step']}" if config.resume else ""))
+    if objective.on_policy:
+        log.print(source.describe())
 
     def run_evaluation() -> dict:
         result = evaluate(engine.module, tokenizer, config.data_dir, config.eval_split, config.eval_rounds,
                           config.eval_batch_size, config.eval_max_new_tokens, config.eval_generate,
                           config.eval_max_examples, adapter, config.max_prompt_length, config.max_target_length)
-        return {"step": state["step"], "overall": result["overall"], "rounds": result["rounds"]}
+        metrics = {"step": state["step"], "overall": result["overall"], "rounds": result["rounds"]}
+        if objective.on_policy:
+            metrics["policy"] = evaluate_policy()
+        return metrics
+
+    def evaluate_policy() -> dict:
+        """The objective's figures on student-only samples for this rank's share of the evaluation prompts
+        (the first --eval-max-examples of each round), summed over ranks and averaged per sequence."""
+        prompts = []
+        for round_name in config.eval_rounds:
+            shard = Prompts(config.data_dir, round_name, config.eval_split, config.max_prompt_length)
+            prompts += [shard[i] for i in range(min(len(shard), config.eval_max_examples or len(shard)))]
+        mine = prompts[rank::world_size]
+        generator = torch.Generator(device=device).manual_seed(config.seed)  # the same prompts and draws each time
+        was_training = engine.module.training
+        engine.module.eval()
+        with parameters_gathered([engine.module, *objective.frozen_models], zero_stage(ds_config) == 3):
+            sums = objective.evaluation_metrics(engine.module, prompt_batches(mine, config.chunk_size,
+                                                                              tokenizer.pad_token_id, device),
+                                                generator)
+        engine.module.train(was_training)
+        names = sorted(sums)
+        totals = dict(zip(names, all_reduce_sum([sums[k] for k in names], device)))
+        sequences = max(totals.pop("sequences"), 1.0)
+        return {**{k: v / sequences for k, v in totals.items()}, "sequences": int(sequences)}
 
     def save(name: str, metrics: dict | None, with_training_state: bool) -> None:
         save_checkpoint(engine, tokenizer, save_dir / name, args=args, trainer_state=dict(state), metrics=metrics,
@@ -201,17 +248,18 @@ def train(config: TrainConfig) -> dict:
     from tqdm import tqdm
 
     progress = tqdm(total=total_steps, initial=state["step"], disable=rank != 0, desc="train", dynamic_ncols=True)
-    epoch_batches: tuple[int, list] = (-1, [])
+    if objective.on_policy and state["step"] == 0:  # where the policy starts: logged, not a candidate for best/
+        start = run_evaluation()
+        log.write({"step": 0, "split": config.eval_split, **start["overall"], "rounds": start["rounds"],
+                   **start["policy"]}, "eval")
+        log.print(summary_line(start, state, config.select_by))
     window = _new_window(device)
-    engine.train()
+    engine.train(objective.uses_dropout)
     while state["step"] < total_steps:
-        epoch, position = divmod(state["step"], steps_per_epoch)
-        if epoch_batches[0] != epoch:
-            epoch_batches = (epoch, bucketed_batches(train_data.prompt_lengths, global_batch_size, config.seed, epoch,
-                                                     config.bucket_window))
-        rows = rank_slice(epoch_batches[1][position], rank, world_size)
-        micro_batches = [collate([train_data[int(i)] for i in rows[k * config.batch_size:(k + 1) * config.batch_size]],
-                                 tokenizer.pad_token_id) for k in range(config.grad_acc)]
+        micro_batches = source.micro_batches(state["step"])
+        collected = source.pop_stats()
+        if collected is not None:
+            log.write({"step": state["step"], **collected}, "rollout")
         local_units = sum(objective.units(b) for b in micro_batches)
         (global_units,) = all_reduce_sum([local_units], device)
         scale = world_size * config.grad_acc / global_units
@@ -261,7 +309,7 @@ def train(config: TrainConfig) -> dict:
             if improved:
                 state.update(best_metric=value, best_step=state["step"])
             log.write({"step": state["step"], "split": config.eval_split, **metrics["overall"],
-                       "rounds": metrics["rounds"]}, "eval")
+                       "rounds": metrics["rounds"], **metrics.get("policy", {})}, "eval")
             log.print(summary_line(metrics, state, config.select_by))
             if improved:
                 save("best", metrics, with_training_state=False)
@@ -280,5 +328,8 @@ def summary_line(metrics: dict, state: dict, select_by: str) -> str:
     if overall["accuracy_generate"] is not None:
         parts += [f"acc(gen) {overall['accuracy_generate']:.1f}", f"rougeL {overall['rougeL']:.1f}"]
     parts += [f"{r} {m['accuracy_rank']:.1f}" for r, m in metrics["rounds"].items()]
-    parts.append(f"best {select_by} {state['best_metric']:.4g} @ {state['best_step']}")
+    if "policy" in metrics:  # on-policy objectives: student-only samples scored by the teacher
+        parts.append(f"rev_kl {metrics['policy']['rev_kl']:.3f}, len {metrics['policy']['student_length']:.2f}")
+    if state["best_metric"] is not None:
+        parts.append(f"best {select_by} {state['best_metric']:.4g} @ {state['best_step']}")
     return " | ".join(parts)

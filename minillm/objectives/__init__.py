@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from .base import Objective, ObjectiveOutput
 from .kd import KDObjective
+from .minillm import MiniLLMObjective
+from .seqkd import SeqKDObjective
 from .sft import SFTObjective
 
-OBJECTIVES: dict[str, type[Objective]] = {"sft": SFTObjective, "kd": KDObjective}
+OBJECTIVES: dict[str, type[Objective]] = {"sft": SFTObjective, "kd": KDObjective, "seqkd": SeqKDObjective,
+                                          "minillm": MiniLLMObjective}
 
 
 def build_objective(name: str, config, adapter, load_frozen_model=None) -> Objective:

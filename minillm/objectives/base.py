@@ -20,7 +20,17 @@ class ObjectiveOutput:
 
 
 class Objective:
-    """Base class: ``units(batch)`` counts what ``loss_sum`` sums over; ``__call__`` computes it."""
+    """Base class: ``units(batch)`` counts what ``loss_sum`` sums over; ``__call__`` computes it.
+
+    ``on_policy`` objectives (MiniLLM) make their own training data from prompts: the engine calls their
+    ``collect``, ``micro_batch`` and ``evaluation_metrics`` (see :mod:`minillm.engine.batches`) and, when
+    ``uses_dropout`` is False, trains the model in eval mode. ``frozen_models`` are the models they loaded
+    through ``load_frozen_model`` that sample with the student (gathered with it under ZeRO-3).
+    """
+
+    on_policy = False
+    uses_dropout = True
+    frozen_models: list = []
 
     def __init__(self, config, adapter, load_frozen_model=None):
         self.config = config

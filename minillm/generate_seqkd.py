@@ -1,0 +1,210 @@
+"""SeqKD data: the teacher's output for every training prompt.
+
+    deepspeed [launcher flags] --module minillm.generate_seqkd --model-path TEACHER --data-dir GOLD --out-dir GEN
+
+(``t5-scripts/tools/generate_data_seqkd.sh`` wraps it; plain ``python -m`` runs one process.)
+
+Input: a processed gold data folder (``process_data_anli.sh``): prompts from its ``prompt/{round}/{split}`` shards,
+exactly the ids a student is trained on, and the examples' records from ``text/{round}/{split}.jsonl`` (same order).
+Work: the prompts are dealt out to the processes (strided: process k takes items k, k + P, ...), each process sorts
+its share by length and generates in batches (greedy, or sampling with temperature / top-k / top-p and
+``--num-samples`` outputs per prompt), and the outputs are gathered on process 0, which writes
+``OUT_DIR/{round}/{split}.jsonl`` and ``OUT_DIR/meta.json`` (into a temporary folder, renamed when complete).
+
+Each output record keeps the gold record's fields (uid, round, premise, hypothesis, label, reason, prompt, options)
+with ``target`` set to the teacher's output text, and adds ``target_ids`` (the teacher's token ids, exactly as
+generated, EOS included when it stopped), ``gold_target``, ``sample`` (0 .. n-1), ``finished`` (it stopped at EOS
+within ``--max-new-tokens``) and ``teacher_answer`` (the option its text states, parsed as in evaluation, or None).
+``process_pseudo_data_seqkd.sh`` turns the folder into training shards whose targets are those ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .data.indexed_dataset import ShardedIndexedDataset
+from .data.seq2seq import read_meta
+from .engine.distributed import device_for, init_distributed
+from .evaluation import parse_answer
+from .models.adapter import IGNORE_INDEX, Seq2SeqAdapter, pad_right
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Generate SeqKD targets: the teacher's output for every prompt.")
+    p.add_argument("--model-path", required=True, help="teacher checkpoint (hub name or folder)")
+    p.add_argument("--data-dir", required=True, help="processed gold data (output of process_data_anli.sh)")
+    p.add_argument("--out-dir", required=True, help="where {round}/{split}.jsonl and meta.json are written")
+    p.add_argument("--rounds", nargs="+", default=["r1", "r2", "r3"], choices=("r1", "r2", "r3"))
+    p.add_argument("--split", default="train")
+    p.add_argument("--batch-size", type=int, default=32, help="prompts per generate call per process")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--decoding", default="greedy", choices=("greedy", "sample"))
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling only")
+    p.add_argument("--top-k", type=int, default=0, help="sampling only; 0: no top-k cut")
+    p.add_argument("--top-p", type=float, default=1.0, help="sampling only; 1: no nucleus cut")
+    p.add_argument("--num-samples", type=int, default=1, help="outputs per prompt (sampling only)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="auto: bf16 on a GPU that has it, else fp32")
+    p.add_argument("--seed", type=int, default=42, help="sampling seed; process k uses seed + k")
+    args = p.parse_args(argv)
+    problems = []
+    if args.batch_size < 1 or args.max_new_tokens < 1 or args.num_samples < 1:
+        problems.append("--batch-size, --max-new-tokens and --num-samples must be >= 1")
+    if args.decoding == "greedy" and args.num_samples != 1:
+        problems.append(f"--num-samples {args.num_samples} needs --decoding sample (greedy has one output)")
+    if args.temperature <= 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
+        problems.append("--temperature must be > 0, --top-p in (0, 1] and --top-k >= 0")
+    if problems:
+        p.error("; ".join(problems))
+    return args
+
+
+def load_prompts(data_dir: Path, rounds, split: str) -> list[tuple[dict, np.ndarray]]:
+    """(gold text record, prompt ids) of every example of ``split`` in ``rounds``, rounds in the order given."""
+    items = []
+    for round_name in rounds:
+        text_path = data_dir / "text" / round_name / f"{split}.jsonl"
+        if not text_path.is_file():
+            raise FileNotFoundError(f"{text_path}: missing; --data-dir must be a folder processed by "
+                                    f"process_data_anli.sh with a {split} split in round {round_name}")
+        with open(text_path, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        prompts = ShardedIndexedDataset(data_dir / "prompt" / round_name, split)
+        if len(prompts) != len(records):
+            raise ValueError(f"{text_path}: {len(records)} records but prompt/{round_name}/{split} holds "
+                             f"{len(prompts)} items; rerun process_data_anli.sh")
+        items += [(record, prompts[i].astype(np.int64)) for i, record in enumerate(records)]
+    return items
+
+
+def generate_share(model, adapter, prompts: list[np.ndarray], indices: list[int], args, device, progress) -> dict:
+    """Generated ids (lists, -100 padding dropped) of ``prompts[i]`` for ``i`` in ``indices``: ``{i: [ids per
+    sample]}``. Longest prompts first, so that batches hold similar lengths and memory peaks at the start."""
+    order = sorted(indices, key=lambda i: -len(prompts[i]))
+    decoding = dict(do_sample=False) if args.decoding == "greedy" else dict(
+        do_sample=True, temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
+        num_return_sequences=args.num_samples)
+    outputs = {}
+    for start in range(0, len(order), args.batch_size):
+        batch = order[start:start + args.batch_size]
+        input_ids = pad_right([prompts[i] for i in batch], adapter.pad_token_id).to(device)
+        attention_mask = pad_right([np.ones(len(prompts[i])) for i in batch], 0).to(device)
+        targets = adapter.generate(model, input_ids, attention_mask, args.max_new_tokens, **decoding).cpu()
+        targets = targets.view(len(batch), args.num_samples, -1)
+        for row, i in enumerate(batch):
+            outputs[i] = [[int(t) for t in sample if t != IGNORE_INDEX] for sample in targets[row]]
+        progress.update(len(batch))
+    return outputs
+
+
+def output_record(record: dict, ids: list[int], sample: int, tokenizer, eos_token_id: int) -> dict:
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    out = {key: value for key, value in record.items() if key != "target"}
+    out.update(target=text, target_ids=ids, gold_target=record["target"], sample=sample,
+               finished=bool(ids) and ids[-1] == eos_token_id, teacher_answer=parse_answer(text, record["options"]))
+    return out
+
+
+def write_outputs(out_dir: Path, items, outputs: dict, split: str, meta: dict, tokenizer, eos_token_id: int) -> dict:
+    """Rank 0: the records per round, then meta.json, in a temporary folder renamed into place. Returns the
+    figures added to meta (counts, unfinished outputs, teacher answers that match the gold label)."""
+    staging = out_dir.parent / f".{out_dir.name}.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    files, stats = {}, {"outputs": 0, "unfinished": 0, "unparsed": 0, "agree_with_gold": 0}
+    for i, (record, _) in enumerate(items):
+        if record["round"] not in files:
+            (staging / record["round"]).mkdir(parents=True)
+            files[record["round"]] = open(staging / record["round"] / f"{split}.jsonl", "w", encoding="utf-8")
+        for sample, ids in enumerate(outputs[i]):
+            out = output_record(record, ids, sample, tokenizer, eos_token_id)
+            files[record["round"]].write(json.dumps(out, ensure_ascii=False) + "\n")
+            stats["outputs"] += 1
+            stats["unfinished"] += not out["finished"]
+            stats["unparsed"] += out["teacher_answer"] is None
+            stats["agree_with_gold"] += out["teacher_answer"] == record["label"]
+    for f in files.values():
+        f.close()
+    meta = {**meta, **stats}
+    (staging / "meta.json").write_text(json.dumps(meta, indent=1))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    return meta
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rank, world_size, local_rank = init_distributed()
+    device = device_for(local_rank)
+    torch.manual_seed(args.seed + rank)
+    try:
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
+        gold_meta = read_meta(data_dir)
+        items = load_prompts(data_dir, args.rounds, args.split)
+        dtype = args.dtype
+        if dtype == "auto":
+            dtype = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        model = AutoModelForSeq2SeqLM.from_pretrained(args.model_path, dtype=torch.bfloat16 if dtype == "bf16"
+                                                      else torch.float32).to(device).eval()
+        if model.config.vocab_size < gold_meta["vocab_size"]:
+            raise ValueError(f"--model-path {args.model_path}: vocabulary of {model.config.vocab_size} tokens, but "
+                             f"--data-dir {data_dir} was tokenised with {gold_meta['vocab_size']}")
+        tokenizer = AutoTokenizer.from_pretrained(gold_meta["tokenizer"])
+        adapter = Seq2SeqAdapter.for_model(model)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"generate_seqkd: error: {e}", file=sys.stderr)
+        return 2
+
+    from tqdm import tqdm
+
+    mine = list(range(rank, len(items), world_size))
+    if rank == 0:
+        print(f"generate_seqkd: {len(items)} prompts ({' '.join(args.rounds)}/{args.split}) over {world_size} "
+              f"process(es), {args.decoding}, {args.num_samples} output(s) each, {dtype}, teacher {args.model_path}",
+              flush=True)
+    started = time.perf_counter()
+    with tqdm(total=len(mine), disable=rank != 0, desc="generate (process 0)", dynamic_ncols=True) as progress:
+        outputs = generate_share(model, adapter, [p for _, p in items], mine, args, device, progress)
+    gathered = [None] * world_size
+    if world_size > 1:
+        dist.all_gather_object(gathered, outputs)
+    else:
+        gathered = [outputs]
+    if rank == 0:
+        merged = {}
+        for part in gathered:
+            merged.update(part)
+        if sorted(merged) != list(range(len(items))) or sum(map(len, gathered)) != len(items):
+            raise RuntimeError("generate_seqkd: the processes' outputs do not cover every prompt exactly once")
+        meta = {"teacher": args.model_path, "data_dir": str(data_dir), "split": args.split, "rounds": args.rounds,
+                "tokenizer": gold_meta["tokenizer"], "vocab_size": gold_meta["vocab_size"],
+                "template": gold_meta["template"], "target": gold_meta["target"], "decoding": args.decoding,
+                "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+                "num_samples": args.num_samples, "max_new_tokens": args.max_new_tokens, "dtype": dtype,
+                "seed": args.seed, "processes": world_size, "prompts": len(items),
+                "prompts_per_process": [len(part) for part in gathered]}
+        meta = write_outputs(out_dir, items, merged, args.split, meta, tokenizer, adapter.eos_token_id)
+        seconds = time.perf_counter() - started
+        print(f"generate_seqkd: {meta['outputs']} outputs in {seconds:.1f}s ({len(items) / seconds:.1f} prompts/s); "
+              f"{meta['unfinished']} without EOS, {meta['unparsed']} unparsed, teacher answer = gold label for "
+              f"{100.0 * meta['agree_with_gold'] / meta['outputs']:.1f}% -> {out_dir}", flush=True)
+    if world_size > 1:
+        dist.barrier()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

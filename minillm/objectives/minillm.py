@@ -1,0 +1,159 @@
+"""MiniLLM for encoder-decoder students (``--type minillm``): reverse-KL policy-gradient distillation.
+
+The objective has two halves, which the engine calls at different times:
+
+- :meth:`MiniLLMObjective.collect` (once per rollout collection, no gradient): sample targets for a list of prompt
+  batches with :func:`minillm.rollouts.sample_rollouts` (student and frozen teacher decoding together, teacher-mixed),
+  then compute per-token rewards, returns and advantages once, from the recorded log-probs. The teacher is not run
+  again: everything the loss needs from it was recorded while sampling (1 teacher pass per rollout sample).
+- :meth:`MiniLLMObjective.__call__` (every PPO micro-batch): one teacher-forced student pass over stored rollouts
+  (and, with ``--lm-coef`` > 0, over a gold batch) gives the loss below.
+
+Loss, summed over the valid rollout tokens of the micro-batch (the loop divides by the global count N):
+
+    L = sum_t max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps))         policy gradient (long-term)
+      + [single-step-reg] sum_t KL(q_theta(. | y_<t, x) || p(. | y_<t, x))  exact, over the vocabulary
+      + lm_coef (N_local / N_lm) sum_{gold t} -log q_theta(y*_t | y*_<t, x)   the LM term on gold targets
+
+with rho_t = q_theta(y_t) / q_old(y_t) x w_t, w_t = q_old(y_t) / m_t(y_t) (MiniLLM's per-token importance
+weight for teacher-mixed sampling), eps = ``--cliprange``, and the advantage
+
+    A_t = whiten( G_t / n_t ),  G_t = sum_{t' in S_t} gamma^(t' - min S_t) r_t',
+    r_t = clip((log p(y_t) - log q_old(y_t)) / reward_scaling, +-cliprange_reward),
+
+where S_t = {t' > t} when the single-step term is on (it accounts for r_t exactly: the decomposition of
+``shared/reference/seq2seq-rkl-math.md`` section 2) and {t' >= t} when it is off; n_t = |S_t| with
+``--length-norm`` (else 1); whitening over the valid tokens of all processes' rollouts (``--whiten-advantages``).
+
+Choices that differ from the reference implementation, on purpose: the return under the single-step term excludes
+r_t (the reference counts r_t in both terms); ``--length-norm`` really switches the normalisation (the reference
+always applies it); whitening ignores padding (the reference counts it). The LM term is SFT on gold
+(prompt, target) pairs, the seq2seq counterpart of MiniLLM's pre-training loss on plain text (an encoder-decoder
+has no plain-text objective that matches its task format); it is a token mean over its own batch, weighted to
+enter the loop's normalisation by N like the other terms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..divergences import reverse_kl
+from ..losses import token_cross_entropy
+from ..policy_gradient import k3_reverse_kl, masked_whiten, ppo_token_losses, returns, token_rewards
+from ..rollouts import Rollouts, SamplingSettings, policy_log_probs, sample_rollouts
+from .base import Objective, ObjectiveOutput
+
+
+class MiniLLMObjective(Objective):
+    """See the module docstring."""
+
+    on_policy = True
+    uses_dropout = False  # the reference samples and trains in eval mode: log q_theta = log q_old at the first step
+
+    def __init__(self, config, adapter, load_frozen_model):
+        super().__init__(config, adapter)
+        self.teacher = load_frozen_model(config.teacher_model_path)
+        self.sampling = SamplingSettings(
+            max_new_tokens=config.rollout_max_new_tokens, alpha=config.teacher_mixed_alpha,
+            temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+            banned_ids=(adapter.pad_token_id,))
+        self.frozen_models = [self.teacher]
+
+    # -------------------------------------------------------------------------------------- rollout collection
+
+    def advantages(self, rollouts: Rollouts, all_reduce_sum=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(rewards, advantages, weights)`` ``[B, T]`` from the recorded log-probs (see the module docstring)."""
+        c = self.config
+        mask = rollouts.mask
+        rewards = token_rewards(rollouts.teacher_logprobs, rollouts.old_logprobs, mask, c.reward_scaling,
+                                c.cliprange_reward or None)
+        advantages = returns(rewards, mask, c.gamma, include_current=not c.single_step_reg, length_norm=c.length_norm)
+        if c.whiten_advantages:
+            advantages = masked_whiten(advantages, mask, all_reduce_sum)
+        weights = torch.exp(rollouts.old_logprobs - rollouts.mixed_logprobs).masked_fill(~mask, 0.0)
+        return rewards, advantages, weights
+
+    def collect(self, model, prompt_batches: list[dict], generator: torch.Generator | None = None,
+                all_reduce_sum=None) -> tuple[dict, dict]:
+        """Sample a rollout for every prompt of ``prompt_batches`` (dicts with input_ids and attention_mask on the
+        model's device) and prepare them for the PPO epochs. Returns ``(store, stats)``: the store holds the
+        :class:`Rollouts` fields plus rewards, advantages and weights, all ``[N, ...]``; stats are sums over this
+        process's rollouts (reward, rev_kl_k3, mixed_length, sequences, tokens) for the engine to reduce and log."""
+        parts = [sample_rollouts(model, self.teacher, b["input_ids"], b["attention_mask"], self.sampling,
+                                 self.adapter.decoder_start_token_id, self.adapter.eos_token_id,
+                                 self.adapter.pad_token_id, generator) for b in prompt_batches]
+        rollouts = Rollouts.concatenate(parts, self.adapter.pad_token_id)
+        rewards, advantages, weights = self.advantages(rollouts, all_reduce_sum)
+        mask = rollouts.mask
+        lengths = mask.sum(-1).clamp(min=1)
+        # sums over rollouts of: the per-token mean reward, the per-token k3 reverse-KL estimate (on the mixed
+        # samples: an estimate of KL(q || p) only at alpha = 0) and the length
+        stats = {"reward": float((rewards.sum(-1) / lengths).sum()),
+                 "rev_kl_k3": float((k3_reverse_kl(rollouts.teacher_logprobs, rollouts.old_logprobs, mask).sum(-1)
+                                  / lengths).sum()),
+                 "mixed_length": float(mask.sum()), "sequences": float(len(rollouts)), "tokens": float(mask.sum())}
+        store = {"rollouts": rollouts, "rewards": rewards, "advantages": advantages, "weights": weights}
+        return store, stats
+
+    @staticmethod
+    def micro_batch(store: dict, index) -> dict:
+        """The rows ``index`` of a store as a micro-batch (trimmed to their longest prompt and target)."""
+        rollouts = store["rollouts"].select(index)
+        width = rollouts.labels.shape[1]
+        index = torch.as_tensor(index, dtype=torch.long, device=rollouts.labels.device)
+        return {"input_ids": rollouts.input_ids, "attention_mask": rollouts.attention_mask, "labels": rollouts.labels,
+                "rollouts": rollouts, **{k: store[k][index, :width] for k in ("rewards", "advantages", "weights")}}
+
+    # -------------------------------------------------------------------------------------- the loss
+
+    def token_losses(self, model, batch: dict) -> dict:
+        """Per-token terms ``[B, T]`` of the loss on stored rollouts: ``pg``, ``single`` (zeros when the single-step
+        term is off) and ``clipped``; what :meth:`__call__` sums, kept apart for tests that weight sequences."""
+        rollouts: Rollouts = batch["rollouts"]
+        mask = rollouts.mask
+        logits = self.adapter.logits(model, batch)
+        log_dist = policy_log_probs(logits, self.sampling, rollouts.keep)
+        picked = log_dist.gather(-1, rollouts.labels.masked_fill(~mask, self.adapter.eos_token_id).unsqueeze(-1))
+        logprobs = torch.where(mask, picked.squeeze(-1), 0.0)  # padding gathers a finite (never banned) entry
+        pg, clipped = ppo_token_losses(logprobs, rollouts.old_logprobs, batch["weights"], batch["advantages"], mask,
+                                       self.config.cliprange or None)
+        single = torch.zeros_like(pg)
+        if self.config.single_step_reg:
+            single = reverse_kl(log_dist, rollouts.teacher_log_dist, mask, reduction="none")
+        return {"pg": pg, "single": single, "clipped": clipped, "logprobs": logprobs}
+
+    def __call__(self, model, batch: dict) -> ObjectiveOutput:
+        terms = self.token_losses(model, batch)
+        pg, single = terms["pg"].sum(), terms["single"].sum()
+        loss = pg + single
+        metrics = {"pg": pg.detach(), "single": single.detach(), "clip_frac": terms["clipped"].sum().float()}
+        if "lm" in batch:
+            lm_sum, lm_tokens = token_cross_entropy(self.adapter.logits(model, batch["lm"]), batch["lm"]["labels"])
+            lm = lm_sum * (self.units(batch) / lm_tokens.clamp(min=1))
+            loss = loss + self.config.lm_coef * lm
+            metrics["lm"] = lm.detach()
+        return ObjectiveOutput(loss, metrics)
+
+    # -------------------------------------------------------------------------------------- evaluation
+
+    @torch.no_grad()
+    def evaluation_metrics(self, model, prompt_batches: list[dict], generator: torch.Generator | None = None) -> dict:
+        """Sums over rollouts sampled from the **student alone** (alpha = 0) for ``prompt_batches``: the Monte-Carlo
+        estimate of the sequence-level reverse KL, sum_t (log q(y_t) - log p(y_t)) with y ~ q (its mean is
+        KL(q || p) at the sampling settings), the per-token mean reward, the length, and the count."""
+        settings = dataclasses.replace(self.sampling, alpha=0.0)
+        sums = {"rev_kl": 0.0, "reward": 0.0, "student_length": 0.0, "sequences": 0.0}
+        for b in prompt_batches:
+            rollouts = sample_rollouts(model, self.teacher, b["input_ids"], b["attention_mask"], settings,
+                                       self.adapter.decoder_start_token_id, self.adapter.eos_token_id,
+                                       self.adapter.pad_token_id, generator)
+            mask = rollouts.mask
+            log_ratio = (rollouts.old_logprobs - rollouts.teacher_logprobs).masked_fill(~mask, 0.0)
+            lengths = mask.sum(-1)
+            sums["rev_kl"] += float(log_ratio.sum())
+            sums["reward"] += float((-log_ratio.sum(-1) / lengths.clamp(min=1)).sum())
+            sums["student_length"] += float(lengths.sum())
+            sums["sequences"] += float(len(rollouts))
+        return sums

@@ -1,0 +1,196 @@
+"""On-policy rollouts for encoder-decoder students: two models decoding together, and what the loss needs from them.
+
+:func:`sample_rollouts` encodes the prompts once with **each model's own encoder** (a teacher decoder never sees the
+student's encoder states: widths may differ, and equal widths would make the mistake silent), then steps both
+decoders together, each with its own key-value cache. At step t, with the student's processed distribution
+q_old(. | y_<t, x) (temperature, top-k / top-p as a keep-set, the banned ids removed) and the teacher's p, the next
+token is drawn from the teacher-mixed distribution
+
+    m_t = (1 - alpha) q_old + alpha p~,
+
+p~ being the teacher at the same temperature on the same keep-set (p~ = p at the defaults: temperature 1, no top-k
+/ top-p). Recorded per token: log q_old(y_t), log p(y_t) (the raw teacher, temperature 1: the reward), log m_t(y_t),
+and the teacher's whole log-distribution at the position (for the single-step term), so that the frozen teacher runs
+exactly once per rollout. Sequences stop at EOS (kept as a target token) and are padded with -100 after it.
+
+Targets are stored as the adapter's labels: y_1..y_T **without** the decoder start token, which the adapter adds
+exactly once when they are fed back; :func:`policy_log_probs` on teacher-forced logits of the stored targets gives
+back the recorded log q_old (tests/test_rollouts.py).
+
+The pad id is banned from both models (a -inf logit) in sampling, scoring and the token-level KL: it is the
+decoder start and the padding, never a target, and one support for every distribution keeps the math exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+
+from .models.adapter import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    max_new_tokens: int
+    alpha: float = 0.0  # teacher-mixing weight
+    temperature: float = 1.0
+    top_k: int = 0  # 0: no top-k cut
+    top_p: float = 1.0  # 1: no nucleus cut
+    banned_ids: tuple = ()  # ids no distribution may put mass on
+
+    @property
+    def cuts(self) -> bool:
+        """Whether top-k / top-p restrict the support (then the keep-set is recorded per token)."""
+        return self.top_k > 0 or self.top_p < 1.0
+
+
+@dataclass
+class Rollouts:
+    """A batch of rollouts, right-padded: prompts ``[B, S]``, targets and per-token records ``[B, T]``, the teacher's
+    log-distributions ``[B, T, V]`` and, when top-k / top-p cut the support, the student's keep-sets ``[B, T, V]``."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    old_logprobs: torch.Tensor
+    teacher_logprobs: torch.Tensor
+    mixed_logprobs: torch.Tensor
+    teacher_log_dist: torch.Tensor
+    keep: torch.Tensor | None = None
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.labels != IGNORE_INDEX
+
+    def lengths(self) -> torch.Tensor:
+        return self.mask.sum(-1)
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def select(self, index) -> "Rollouts":
+        """The rows ``index``, trimmed to their longest prompt and target."""
+        index = torch.as_tensor(index, dtype=torch.long, device=self.labels.device)
+        width_s = max(int(self.attention_mask[index].sum(-1).max()), 1)
+        width_t = max(int(self.mask[index].sum(-1).max()), 1)
+        values = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                values[f.name] = None
+                continue
+            value = value[index]
+            values[f.name] = value[:, :width_s] if f.name in ("input_ids", "attention_mask") else value[:, :width_t]
+        return Rollouts(**values)
+
+    @staticmethod
+    def concatenate(parts: list["Rollouts"], pad_token_id: int) -> "Rollouts":
+        """Rows of every part, padded to the widest prompt and target."""
+        width_s = max(p.input_ids.shape[1] for p in parts)
+        width_t = max(p.labels.shape[1] for p in parts)
+        pad_values = {"input_ids": pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX, "old_logprobs": 0.0,
+                      "teacher_logprobs": 0.0, "mixed_logprobs": 0.0, "teacher_log_dist": 0.0, "keep": False}
+        values = {}
+        for f in fields(Rollouts):
+            if getattr(parts[0], f.name) is None:
+                values[f.name] = None
+                continue
+            width = width_s if f.name in ("input_ids", "attention_mask") else width_t
+            padded = []
+            for p in parts:
+                value = getattr(p, f.name)
+                shape = (value.shape[0], width - value.shape[1], *value.shape[2:])
+                padded.append(torch.cat([value, value.new_full(shape, pad_values[f.name])], dim=1))
+            values[f.name] = torch.cat(padded)
+        return Rollouts(**values)
+
+
+def ban(logits: torch.Tensor, banned_ids) -> torch.Tensor:
+    """``logits`` in fp32 (fp64 stays fp64) with the banned ids at -inf."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if banned_ids:
+        logits = logits.index_fill(-1, torch.as_tensor(banned_ids, device=logits.device), -math.inf)
+    return logits
+
+
+def keep_set(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Tokens kept by top-k, then top-p (the smallest set of most likely tokens with mass >= top_p; the most likely
+    token always stays), from already temperature-scaled and banned fp32 logits; bool, same shape."""
+    keep = logits > -math.inf
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        keep &= logits >= kth
+    if top_p < 1.0:
+        sorted_logits, order = logits.masked_fill(~keep, -math.inf).sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        mass_before = probs.cumsum(-1) - probs  # mass of the strictly more likely tokens
+        keep_sorted = mass_before < top_p
+        keep &= torch.zeros_like(keep).scatter(-1, order, keep_sorted)
+    return keep
+
+
+def policy_log_probs(logits: torch.Tensor, settings: SamplingSettings, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """The log-distribution a policy samples from: fp32 logits / temperature, banned ids and tokens outside
+    ``keep`` at -inf, log-softmax. Used alike for sampling (q_old) and for teacher-forced scoring (q_theta)."""
+    logits = ban(logits, settings.banned_ids) / settings.temperature
+    if keep is not None:
+        logits = logits.masked_fill(~keep, -math.inf)
+    return torch.log_softmax(logits, dim=-1)
+
+
+def _unwrap(model):
+    """The Hugging Face model inside a DeepSpeed engine (engines forward calls, but not ``get_encoder``)."""
+    return getattr(model, "module", model)
+
+
+@torch.no_grad()
+def sample_rollouts(student, teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    settings: SamplingSettings, decoder_start_token_id: int, eos_token_id: int, pad_token_id: int,
+                    generator: torch.Generator | None = None) -> Rollouts:
+    """Sample one target per prompt from the teacher-mixed distribution (module docstring); both models in their
+    current mode (the caller puts the student in eval mode: MiniLLM samples and trains without dropout)."""
+    batch = input_ids.shape[0]
+    encoded = {name: _unwrap(model).get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
+               for name, model in (("student", student), ("teacher", teacher))}
+    caches = {"student": None, "teacher": None}
+    token = torch.full((batch, 1), decoder_start_token_id, dtype=torch.long, device=input_ids.device)
+    done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    log_1m_alpha, log_alpha = math.log1p(-settings.alpha), math.log(settings.alpha) if settings.alpha > 0 else None
+    columns: dict[str, list] = {k: [] for k in ("labels", "old", "teacher", "mixed", "dist", "keep")}
+    for _ in range(settings.max_new_tokens):
+        logits = {}
+        for name, model in (("student", student), ("teacher", teacher)):
+            out = model(encoder_outputs=encoded[name], attention_mask=attention_mask, decoder_input_ids=token,
+                        cache=caches[name], use_cache=True)
+            caches[name], logits[name] = out.cache, out.logits[:, -1]
+        keep = None
+        if settings.cuts:
+            keep = keep_set(ban(logits["student"], settings.banned_ids) / settings.temperature, settings.top_k,
+                            settings.top_p)
+        student_log = policy_log_probs(logits["student"], settings, keep)
+        teacher_log = torch.log_softmax(ban(logits["teacher"], settings.banned_ids), dim=-1)
+        mixed_log = student_log
+        if settings.alpha > 0:
+            mixed_log = torch.logaddexp(student_log + log_1m_alpha,
+                                        policy_log_probs(logits["teacher"], settings, keep) + log_alpha)
+        sampled = torch.multinomial(mixed_log.exp(), 1, generator=generator).squeeze(-1)
+        picked = sampled.unsqueeze(-1)
+        columns["labels"].append(sampled.masked_fill(done, IGNORE_INDEX))
+        columns["old"].append(student_log.gather(-1, picked).squeeze(-1).masked_fill(done, 0.0))
+        columns["teacher"].append(teacher_log.gather(-1, picked).squeeze(-1).masked_fill(done, 0.0))
+        columns["mixed"].append(mixed_log.gather(-1, picked).squeeze(-1).masked_fill(done, 0.0))
+        columns["dist"].append(teacher_log)
+        if keep is not None:
+            columns["keep"].append(keep)
+        done = done | (sampled == eos_token_id)
+        if bool(done.all()):
+            break
+        token = sampled.masked_fill(done, pad_token_id).unsqueeze(-1)
+    return Rollouts(input_ids=input_ids, attention_mask=attention_mask,
+                    labels=torch.stack(columns["labels"], 1), old_logprobs=torch.stack(columns["old"], 1),
+                    teacher_logprobs=torch.stack(columns["teacher"], 1),
+                    mixed_logprobs=torch.stack(columns["mixed"], 1),
+                    teacher_log_dist=torch.stack(columns["dist"], 1),
+                    keep=torch.stack(columns["keep"], 1) if settings.cuts else None)

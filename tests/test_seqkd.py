@@ -1,0 +1,145 @@
+"""SeqKD: teacher generation (minillm/generate_seqkd.py), pseudo-data shards (tools/process_pseudo_data_seqkd.py)
+and --type seqkd, through the scripts under t5-scripts/."""
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minillm.data.indexed_dataset import ShardedIndexedDataset, split_prompt_target
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "deepspeed"
+
+
+def run_tool(script: str, **env_overrides) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **{k: str(v) for k, v in env_overrides.items()})
+    return subprocess.run(["bash", str(REPO / "t5-scripts" / script), str(REPO)], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def assert_ok(done: subprocess.CompletedProcess) -> None:
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def generated(tiny_setup, tmp_path_factory) -> Path:
+    """Greedy outputs of the (untrained) tiny teacher for every train prompt of r1-r3, from two processes."""
+    out = tmp_path_factory.mktemp("seqkd") / "gen"
+    assert_ok(run_tool("tools/generate_data_seqkd.sh", NUM_GPUS=2, TEACHER_CKPT=tiny_setup["models"] / "tiny-teacher",
+                       DATA_DIR=tiny_setup["data_dir"], GEN_DIR=out, BATCH_SIZE=64, MAX_NEW_TOKENS=6))
+    return out
+
+
+def test_generation_over_two_processes_covers_every_prompt_exactly_once(tiny_setup, generated):
+    meta = json.loads((generated / "meta.json").read_text())
+    assert meta["processes"] == 2 and meta["prompts_per_process"] == [450, 450] and meta["outputs"] == 900
+    assert not any(p.name.endswith(".tmp") for p in generated.parent.iterdir())
+    for round_name in ("r1", "r2", "r3"):
+        gold = read_jsonl(tiny_setup["data_dir"] / "text" / round_name / "train.jsonl")
+        out = read_jsonl(generated / round_name / "train.jsonl")
+        assert Counter(r["uid"] for r in out) == Counter(r["uid"] for r in gold)  # every prompt, once each
+        for g, o in zip(gold, out):  # in the gold order, gold fields kept, the target replaced
+            assert {k: o[k] for k in g if k != "target"} == {k: g[k] for k in g if k != "target"}
+            assert o["gold_target"] == g["target"] and o["sample"] == 0
+            assert 1 <= len(o["target_ids"]) <= 6 and o["finished"] == (o["target_ids"][-1] == 1)
+
+
+def test_greedy_outputs_do_not_depend_on_the_process_count(tiny_setup, generated, tmp_path):
+    assert_ok(run_tool("tools/generate_data_seqkd.sh", NUM_GPUS=1, TEACHER_CKPT=tiny_setup["models"] / "tiny-teacher",
+                       DATA_DIR=tiny_setup["data_dir"], GEN_DIR=tmp_path / "one", ROUNDS="r2", BATCH_SIZE=7,
+                       MAX_NEW_TOKENS=6))
+    one = read_jsonl(tmp_path / "one" / "r2" / "train.jsonl")
+    two = read_jsonl(generated / "r2" / "train.jsonl")
+    same = sum(a["target_ids"] == b["target_ids"] for a, b in zip(one, two))
+    assert len(one) == 300 and same >= 297  # other batch paddings may flip a near-tie argmax, rarely
+
+
+def test_sampling_writes_n_outputs_per_prompt(tiny_setup, tmp_path):
+    assert_ok(run_tool("tools/generate_data_seqkd.sh", NUM_GPUS=1, TEACHER_CKPT=tiny_setup["models"] / "tiny-teacher",
+                       DATA_DIR=tiny_setup["data_dir"], GEN_DIR=tmp_path / "gen", ROUNDS="r1", DECODING="sample",
+                       NUM_SAMPLES=2, TOP_K=20, TEMPERATURE=1.5, MAX_NEW_TOKENS=6))
+    out = read_jsonl(tmp_path / "gen" / "r1" / "train.jsonl")
+    assert len(out) == 600 and Counter(r["sample"] for r in out) == {0: 300, 1: 300}
+    assert Counter(r["uid"] for r in out) == Counter({r["uid"]: 2 for r in out})
+    assert sum(a["target_ids"] != b["target_ids"] for a, b in zip(out[::2], out[1::2])) > 100  # really sampled
+
+
+def test_generation_refuses_greedy_with_several_samples(tiny_setup, tmp_path):
+    done = run_tool("tools/generate_data_seqkd.sh", NUM_GPUS=1, TEACHER_CKPT=tiny_setup["models"] / "tiny-teacher",
+                    DATA_DIR=tiny_setup["data_dir"], GEN_DIR=tmp_path / "gen", NUM_SAMPLES=3)
+    assert done.returncode != 0 and "--num-samples 3 needs --decoding sample" in done.stderr
+    assert not (tmp_path / "gen").exists()
+
+
+@pytest.fixture(scope="module")
+def pseudo(tiny_setup, generated) -> Path:
+    out = generated.parent / "pseudo"
+    assert_ok(run_tool("tools/process_pseudo_data_seqkd.sh", GEN_DIR=generated, DATA_DIR=tiny_setup["data_dir"],
+                       OUT_DIR=out))
+    return out
+
+
+def test_seqkd_shards_hold_exactly_the_teachers_outputs(tiny_setup, generated, pseudo):
+    gold_dir = tiny_setup["data_dir"]
+    meta = json.loads((pseudo / "meta.json").read_text())
+    assert meta["train_targets"] == "teacher" and meta["teacher"]["decoding"] == "greedy"
+    for round_name, rounds in (("r1", ["r1"]), ("r3", ["r3"]), ("all", ["r1", "r2", "r3"])):
+        teacher_ids = [r["target_ids"] for name in rounds for r in read_jsonl(generated / name / "train.jsonl")]
+        shards = ShardedIndexedDataset(pseudo / "full" / round_name, "train")
+        gold = ShardedIndexedDataset(gold_dir / "full" / round_name, "train")
+        assert len(shards) == len(teacher_ids)
+        gold_targets_seen = 0
+        for i, ids in enumerate(teacher_ids):
+            prompt, target = split_prompt_target(shards[i], 65535)
+            gold_prompt, gold_target = split_prompt_target(gold[i], 65535)
+            assert target.tolist() == ids and np.array_equal(prompt, gold_prompt)
+            gold_targets_seen += np.array_equal(target, gold_target)
+        assert gold_targets_seen < len(teacher_ids) // 10  # an untrained teacher: its outputs are not the gold ones
+        for kind in ("full", "prompt"):  # dev and test stay gold, byte for byte
+            for split in ("dev", "test"):
+                for suffix in (".bin", ".idx"):
+                    name = f"{split}_0{suffix}"
+                    assert (pseudo / kind / round_name / name).read_bytes() == (
+                        gold_dir / kind / round_name / name).read_bytes()
+
+
+def finetune(tiny_setup, data_dir, save_dir, *flags) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "minillm.finetune", "--model-path", str(tiny_setup["models"] / "tiny-student"),
+         "--data-dir", str(data_dir), "--save-dir", str(save_dir), "--deepspeed-config",
+         str(CONFIGS / "zero0_fp32.json"), "--max-steps", "3", "--batch-size", "8", "--eval-max-examples", "10",
+         "--no-eval-generate", "--log-interval", "1", *flags],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+def test_seqkd_refuses_gold_training_targets(tiny_setup, tmp_path):
+    done = finetune(tiny_setup, tiny_setup["data_dir"], tmp_path, "--type", "seqkd")
+    assert done.returncode != 0
+    assert "--type seqkd" in done.stderr and "holds gold training targets" in done.stderr
+    done = finetune(tiny_setup, tiny_setup["data_dir"], tmp_path, "--type", "seqkd", "--kd-ratio", "0.5")
+    assert "--type seqkd with --kd-ratio 0.5 needs --teacher-model-path" in done.stderr
+
+
+def test_seqkd_script_trains_on_teacher_targets_with_optional_word_level_kd(tiny_setup, pseudo, tmp_path):
+    env = dict(CKPT=tiny_setup["models"] / "tiny-student", DATA_DIR=pseudo, NUM_GPUS=1, BATCH_SIZE=8, GRAD_ACC=1,
+               LR="1e-3", EPOCHS=1, MAX_STEPS=3, EVAL_INTERVAL=3, WARMUP_STEPS=1, DS_CONFIG=CONFIGS / "zero0_fp32.json",
+               TEACHER_CKPT=tiny_setup["models"] / "tiny-teacher",
+               EXTRA_ARGS="--eval-max-examples 10 --no-eval-generate --log-interval 1")
+    assert_ok(run_tool("seqkd/seqkd_small.sh", SAVE_DIR=tmp_path / "plain", **env))
+    args = json.loads((tmp_path / "plain" / "last" / "args.json").read_text())
+    assert (args["type"], args["kd_ratio"], args["data_dir"]) == ("seqkd", 0.0, str(pseudo))
+    train = [r for r in read_jsonl(tmp_path / "plain" / "metrics.jsonl") if "padding" in r]
+    assert len(train) == 3 and all("kd" not in r for r in train)
+    assert_ok(run_tool("seqkd/seqkd_small.sh", SAVE_DIR=tmp_path / "mixed", KD_RATIO=0.5, **env))
+    train = [r for r in read_jsonl(tmp_path / "mixed" / "metrics.jsonl") if "padding" in r]
+    assert all(r["kd"] > 0 and r["loss"] == pytest.approx(0.5 * r["ce"] + 0.5 * r["kd"], rel=1e-5) for r in train)

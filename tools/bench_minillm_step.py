@@ -1,0 +1,148 @@
+"""Where a MiniLLM step's time goes, on CPU: sampling, teacher scoring, student forward/backward, optimizer, other.
+
+    python tools/bench_minillm_step.py [--student flan-t5-small] [--teacher flan-t5-base] [--num-rollouts 16]
+                                       [--chunk-size 16] [--batch-size 8] [--ppo-epochs 4] [--prompt-length 136]
+                                       [--max-new-tokens 8] [--cycles 2] [--threads N] [--dtype bf16]
+
+Randomly initialised student and teacher of the presets' shapes (one vocabulary), random prompts, and the real
+pieces: :class:`minillm.engine.batches.RolloutBatches` drives :class:`MiniLLMObjective` (collection: two-model
+teacher-mixed sampling, rewards, advantages; then ``ppo_epochs`` passes of micro-batches) and a fused AdamW steps.
+One cycle = one collection + its optimizer steps. Timed per cycle (after one warm-up cycle), with forward hooks on
+the two models:
+
+- sampling: the collection minus the teacher's calls in it (student encoder and decoder steps, mixing, drawing);
+- teacher scoring: the teacher's calls (one encoder pass per sampling batch, one decoder step per position: its
+  log-probs and distributions are recorded then, and the PPO epochs never call it);
+- student forward/backward: the objective's loss and ``backward`` on each micro-batch;
+- optimizer: ``step`` and ``zero_grad``;
+- other: the rest of the cycle's wall time (advantages, batching, bookkeeping).
+
+Random models rarely emit EOS, so every rollout runs to ``--max-new-tokens``: a worst case for sampling. Prints the
+seconds and share of each part and the teacher forward passes per rollout sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from minillm.engine.batches import RolloutBatches  # noqa: E402
+from minillm.models.adapter import Seq2SeqAdapter  # noqa: E402
+from minillm.models.fused import fuse_elementwise  # noqa: E402
+from minillm.models.tiny import PRESETS, build_model  # noqa: E402
+from minillm.objectives.minillm import MiniLLMObjective  # noqa: E402
+from step_timing import DTYPES  # noqa: E402
+
+
+class CallTimer:
+    """Seconds spent inside a module's forward calls (outermost calls only) and how many there were."""
+
+    def __init__(self, module):
+        self.seconds, self.calls, self._depth, self._start = 0.0, 0, 0, 0.0
+        module.register_forward_pre_hook(self._enter)
+        module.register_forward_hook(self._exit)
+
+    def _enter(self, *_):
+        if self._depth == 0:
+            self._start = time.perf_counter()
+        self._depth += 1
+
+    def _exit(self, *_):
+        self._depth -= 1
+        if self._depth == 0:
+            self.seconds += time.perf_counter() - self._start
+            self.calls += 1
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--student", default="flan-t5-small", choices=tuple(PRESETS))
+    p.add_argument("--teacher", default="flan-t5-base", choices=tuple(PRESETS))
+    p.add_argument("--vocab-size", type=int, default=32128)
+    p.add_argument("--num-rollouts", type=int, default=16)
+    p.add_argument("--chunk-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--ppo-epochs", type=int, default=4)
+    p.add_argument("--prompt-length", type=int, default=136, help="default: ANLI's mean Flan prompt")
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--cycles", type=int, default=2, help="timed cycles after one warm-up cycle")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--dtype", default="bf16", choices=tuple(DTYPES))
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = DTYPES[args.dtype]
+
+    student = build_model(args.student, args.vocab_size, seed=0).to(dtype)
+    teacher = build_model(args.teacher, args.vocab_size, seed=1).to(dtype).requires_grad_(False)
+    for model in (student, teacher):
+        fuse_elementwise(model, cpu=True)
+    student.eval()  # MiniLLM samples and trains without dropout
+    config = SimpleNamespace(
+        teacher_model_path="teacher", rollout_max_new_tokens=args.max_new_tokens, teacher_mixed_alpha=0.2,
+        temperature=1.0, top_k=0, top_p=1.0, gamma=0.95, length_norm=True, whiten_advantages=True, cliprange=0.2,
+        reward_scaling=0.5, cliprange_reward=100.0, single_step_reg=True, lm_coef=0.0, num_rollouts=args.num_rollouts,
+        chunk_size=args.chunk_size, ppo_epochs=args.ppo_epochs, batch_size=args.batch_size, grad_acc=1, seed=0)
+    objective = MiniLLMObjective(config, Seq2SeqAdapter.for_model(student), lambda path: teacher)
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(2, args.vocab_size, args.prompt_length) for _ in range(4 * args.num_rollouts)]
+    source = RolloutBatches(objective, student, prompts, None, config, rank=0, world_size=1, device=torch.device("cpu"),
+                            pad_token_id=0, zero3=False)
+    optimizer = torch.optim.AdamW([q for q in student.parameters()], lr=1e-6, fused=True)
+    teacher_decoder, teacher_encoder = CallTimer(teacher), CallTimer(teacher.encoder)  # sampling calls both directly
+    steps = source.steps_per_epoch
+
+    def cycle(index: int) -> dict:
+        parts = dict.fromkeys(("collection", "teacher", "forward_backward", "optimizer"), 0.0)
+        before = (teacher_decoder.seconds + teacher_encoder.seconds, teacher_encoder.calls, teacher_decoder.calls)
+        start = time.perf_counter()
+        for step in range(index * steps, (index + 1) * steps):
+            t0 = time.perf_counter()
+            batches = source.micro_batches(step)
+            if step == index * steps:
+                parts["collection"] = time.perf_counter() - t0
+                parts["teacher"] = teacher_decoder.seconds + teacher_encoder.seconds - before[0]
+                parts["encoder_calls"] = teacher_encoder.calls - before[1]
+                parts["decoder_calls"] = teacher_decoder.calls - before[2]
+            for batch in batches:
+                t1 = time.perf_counter()
+                objective(student, batch).loss_sum.div(args.batch_size).backward()
+                parts["forward_backward"] += time.perf_counter() - t1
+            t2 = time.perf_counter()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            parts["optimizer"] += time.perf_counter() - t2
+        parts["total"] = time.perf_counter() - start
+        return parts
+
+    cycle(0)  # warm-up
+    measured = [cycle(i) for i in range(1, args.cycles + 1)]
+    mean = {k: sum(m[k] for m in measured) / len(measured) for k in measured[0]}
+    breakdown = {"sampling": mean["collection"] - mean["teacher"], "teacher scoring": mean["teacher"],
+                 "student forward/backward": mean["forward_backward"], "optimizer": mean["optimizer"]}
+    breakdown["other"] = mean["total"] - sum(breakdown.values())
+    print(f"student {args.student}, teacher {args.teacher}, {args.dtype}, {torch.get_num_threads()} threads; "
+          f"{args.num_rollouts} rollouts/collection ({args.chunk_size} per sampling batch, {args.max_new_tokens} "
+          f"tokens max), {args.ppo_epochs} PPO epochs x {steps // args.ppo_epochs} micro-batches of "
+          f"{args.batch_size} = {steps} optimizer steps per cycle; mean of {args.cycles} cycles")
+    for name, seconds in breakdown.items():
+        print(f"  {name:26s} {seconds:7.3f} s  {100 * seconds / mean['total']:5.1f} %")
+    print(f"  {'cycle':26s} {mean['total']:7.3f} s  ({mean['total'] / steps:.3f} s per optimizer step)")
+    batches = args.num_rollouts / args.chunk_size
+    print(f"teacher calls per cycle: {mean['encoder_calls']:.0f} encoder passes ({mean['encoder_calls'] / batches:.2f} "
+          f"per sampling batch) and {mean['decoder_calls']:.0f} incremental decoder steps "
+          f"({mean['decoder_calls'] / (batches * args.max_new_tokens):.2f} per sampled position): teacher passes per "
+          f"rollout sample {mean['encoder_calls'] / batches:.2f} (the reference: 1 + ppo_epochs = {1 + args.ppo_epochs})")
+
+
+if __name__ == "__main__":
+    main()

@@ -74,6 +74,15 @@ def _mixture_log(a_log: torch.Tensor, b_log: torch.Tensor, weight_a: float) -> t
     return torch.logaddexp(a_log + math.log(weight_a), b_log + math.log(1.0 - weight_a))
 
 
+def coarsen(log_probs_: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``[..., K + 1]`` log-probabilities of the ``K`` tokens ``ids`` (``[..., K]``) and, last, of all the others
+    together (a logsumexp, so a tiny remainder stays accurate). The KL between two coarsened distributions is at
+    most the KL between the distributions (data processing) and equals it when the ids cover the support; MiniLLM
+    keeps a teacher's distribution this way, top-k plus remainder, when the full one does not fit."""
+    rest = log_probs_.scatter(-1, ids, -math.inf).logsumexp(-1, keepdim=True)
+    return torch.cat([log_probs_.gather(-1, ids), rest], dim=-1)
+
+
 def _reduce(per_position: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")

@@ -10,8 +10,9 @@ token is drawn from the teacher-mixed distribution
 
 p~ being the teacher at the same temperature on the same keep-set (p~ = p at the defaults: temperature 1, no top-k
 / top-p). Recorded per token: log q_old(y_t), log p(y_t) (the raw teacher, temperature 1: the reward), log m_t(y_t),
-and the teacher's whole log-distribution at the position (for the single-step term), so that the frozen teacher runs
-exactly once per rollout. Sequences stop at EOS (kept as a target token) and are padded with -100 after it.
+and the teacher's log-distribution at the position (for the single-step term: in full, or with ``teacher_topk = K``
+as its K most likely tokens plus one bin for the rest, see :func:`minillm.divergences.coarsen`), so that the frozen
+teacher runs exactly once per rollout. Sequences stop at EOS (kept as a target token) and are padded with -100 after it.
 
 Targets are stored as the adapter's labels: y_1..y_T **without** the decoder start token, which the adapter adds
 exactly once when they are fed back; :func:`policy_log_probs` on teacher-forced logits of the stored targets gives
@@ -28,6 +29,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from .divergences import coarsen
 from .models.adapter import IGNORE_INDEX
 
 
@@ -49,7 +51,8 @@ class SamplingSettings:
 @dataclass
 class Rollouts:
     """A batch of rollouts, right-padded: prompts ``[B, S]``, targets and per-token records ``[B, T]``, the teacher's
-    log-distributions ``[B, T, V]`` and, when top-k / top-p cut the support, the student's keep-sets ``[B, T, V]``."""
+    log-distributions (``[B, T, V]``, or ``[B, T, K + 1]`` coarsened to the ids ``teacher_dist_ids`` ``[B, T, K]``)
+    and, when top-k / top-p cut the support, the student's keep-sets ``[B, T, V]``."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -58,6 +61,7 @@ class Rollouts:
     teacher_logprobs: torch.Tensor
     mixed_logprobs: torch.Tensor
     teacher_log_dist: torch.Tensor
+    teacher_dist_ids: torch.Tensor | None = None
     keep: torch.Tensor | None = None
 
     @property
@@ -91,7 +95,8 @@ class Rollouts:
         width_s = max(p.input_ids.shape[1] for p in parts)
         width_t = max(p.labels.shape[1] for p in parts)
         pad_values = {"input_ids": pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX, "old_logprobs": 0.0,
-                      "teacher_logprobs": 0.0, "mixed_logprobs": 0.0, "teacher_log_dist": 0.0, "keep": False}
+                      "teacher_logprobs": 0.0, "mixed_logprobs": 0.0, "teacher_log_dist": 0.0, "teacher_dist_ids": 0,
+                      "keep": False}
         values = {}
         for f in fields(Rollouts):
             if getattr(parts[0], f.name) is None:
@@ -148,9 +153,10 @@ def _unwrap(model):
 @torch.no_grad()
 def sample_rollouts(student, teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     settings: SamplingSettings, decoder_start_token_id: int, eos_token_id: int, pad_token_id: int,
-                    generator: torch.Generator | None = None) -> Rollouts:
+                    generator: torch.Generator | None = None, teacher_topk: int = 0) -> Rollouts:
     """Sample one target per prompt from the teacher-mixed distribution (module docstring); both models in their
-    current mode (the caller puts the student in eval mode: MiniLLM samples and trains without dropout)."""
+    current mode (the caller puts the student in eval mode: MiniLLM samples and trains without dropout).
+    ``teacher_topk`` > 0 keeps the teacher's distributions as top-k plus remainder (module docstring)."""
     batch = input_ids.shape[0]
     encoded = {name: _unwrap(model).get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
                for name, model in (("student", student), ("teacher", teacher))}
@@ -158,7 +164,7 @@ def sample_rollouts(student, teacher, input_ids: torch.Tensor, attention_mask: t
     token = torch.full((batch, 1), decoder_start_token_id, dtype=torch.long, device=input_ids.device)
     done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     log_1m_alpha, log_alpha = math.log1p(-settings.alpha), math.log(settings.alpha) if settings.alpha > 0 else None
-    columns: dict[str, list] = {k: [] for k in ("labels", "old", "teacher", "mixed", "dist", "keep")}
+    columns: dict[str, list] = {k: [] for k in ("labels", "old", "teacher", "mixed", "dist", "ids", "keep")}
     for _ in range(settings.max_new_tokens):
         logits = {}
         for name, model in (("student", student), ("teacher", teacher)):
@@ -181,7 +187,12 @@ def sample_rollouts(student, teacher, input_ids: torch.Tensor, attention_mask: t
         columns["old"].append(student_log.gather(-1, picked).squeeze(-1).masked_fill(done, 0.0))
         columns["teacher"].append(teacher_log.gather(-1, picked).squeeze(-1).masked_fill(done, 0.0))
         columns["mixed"].append(mixed_log.gather(-1, picked).squeeze(-1).masked_fill(done, 0.0))
-        columns["dist"].append(teacher_log)
+        if teacher_topk:
+            ids = teacher_log.topk(teacher_topk, dim=-1).indices
+            columns["ids"].append(ids)
+            columns["dist"].append(coarsen(teacher_log, ids))
+        else:
+            columns["dist"].append(teacher_log)
         if keep is not None:
             columns["keep"].append(keep)
         done = done | (sampled == eos_token_id)
@@ -193,4 +204,5 @@ def sample_rollouts(student, teacher, input_ids: torch.Tensor, attention_mask: t
                     teacher_logprobs=torch.stack(columns["teacher"], 1),
                     mixed_logprobs=torch.stack(columns["mixed"], 1),
                     teacher_log_dist=torch.stack(columns["dist"], 1),
+                    teacher_dist_ids=torch.stack(columns["ids"], 1) if teacher_topk else None,
                     keep=torch.stack(columns["keep"], 1) if settings.cuts else None)

@@ -64,3 +64,20 @@ launch_training() {
     --epochs "$EPOCHS" --max-steps "${MAX_STEPS:-0}" --eval-interval "${EVAL_INTERVAL:-0}" \
     --save-interval "${SAVE_INTERVAL:-0}" "$@" "${extra[@]}"
 }
+
+# launch_minillm [FLAGS...]: launch_training with --type minillm and the MiniLLM recipe variables the calling script
+# set (TEACHER_CKPT, PROMPT_DATA_DIR, LM_DATA_DIR (empty: no LM term), LM_COEF, NUM_ROLLOUTS, CHUNK_SIZE,
+# PPO_EPOCHS, ALPHA, GAMMA, MAX_NEW_TOKENS, SELECT_BY, WARMUP_STEPS, TEACHER_TOPK [0: full teacher distributions]),
+# MiniLLM's optimiser settings (constant rate
+# after warmup, AdamW betas 0.9/0.95, weight decay 1e-6) and FLAGS.
+launch_minillm() {
+  local lm_args=()
+  if [[ -n "$LM_DATA_DIR" ]]; then lm_args=(--lm-data-dir "$LM_DATA_DIR" --lm-coef "$LM_COEF"); fi
+  export MAX_STEPS EVAL_INTERVAL SAVE_INTERVAL
+  launch_training --type minillm --teacher-model-path "$TEACHER_CKPT" --prompt-data-dir "$PROMPT_DATA_DIR" \
+    "${lm_args[@]}" --num-rollouts "$NUM_ROLLOUTS" --chunk-size "$CHUNK_SIZE" --ppo-epochs "$PPO_EPOCHS" \
+    --teacher-mixed-alpha "$ALPHA" --gamma "$GAMMA" --rollout-max-new-tokens "$MAX_NEW_TOKENS" \
+    --teacher-topk "${TEACHER_TOPK:-0}" \
+    --scheduler constant --warmup-steps "${WARMUP_STEPS:-100}" --adam-betas 0.9 0.95 --weight-decay 1e-6 \
+    --select-by "$SELECT_BY" "$@"
+}

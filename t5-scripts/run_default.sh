@@ -4,11 +4,12 @@
 # the teacher and the student through the real recipes (t5-scripts/sft/sft_xl.sh and sft_small.sh) -> word-level KD
 # of the student from that teacher (t5-scripts/kd/kd_small.sh) -> SeqKD: the teacher's outputs for every training
 # prompt (t5-scripts/tools/generate_data_seqkd.sh, process_pseudo_data_seqkd.sh) and the student trained on them
-# (t5-scripts/seqkd/seqkd_small.sh) -> the evaluation table per round on the test split (t5-scripts/eval/run_eval.sh).
+# (t5-scripts/seqkd/seqkd_small.sh) -> MiniLLM of the SFT student against the same teacher
+# (t5-scripts/minillm/train_small_xl.sh) -> the evaluation table per round on the test split (t5-scripts/eval/run_eval.sh).
 #   bash t5-scripts/run_default.sh [BASE]
 # Environment overrides: WORK (output folder) [BASE/runs/default], SEED [0], TRAIN_PER_ROUND [12000],
 # EVAL_PER_ROUND [300] (dev and test each), VOCAB_SIZE [512], NUM_GPUS [1] (processes), TEACHER_EPOCHS [3],
-# STUDENT_EPOCHS [3] (SFT, KD, SeqKD), SKIP_TRAINING [0] (1: stop after the shards).
+# STUDENT_EPOCHS [3] (SFT, KD, SeqKD), MINILLM_STEPS [320], SKIP_TRAINING [0] (1: stop after the shards).
 set -euo pipefail
 BASE="${1:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 BASE="$(cd "$BASE" && pwd)"
@@ -24,19 +25,19 @@ MODELS="$WORK/models"
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "1/10 synthetic NLI data (Hugging Face ANLI layout) -> $RAW_DIR"
+step "1/11 synthetic NLI data (Hugging Face ANLI layout) -> $RAW_DIR"
 run_python "$BASE/tools/make_synthetic_nli.py" --out "$RAW_DIR" --seed "$SEED" \
   --train-per-round "${TRAIN_PER_ROUND:-12000}" \
   --dev-per-round "${EVAL_PER_ROUND:-300}" --test-per-round "${EVAL_PER_ROUND:-300}"
 
-step "2/10 normalised text -> $DATA_DIR/text"
+step "2/11 normalised text -> $DATA_DIR/text"
 RAW_DIR="$RAW_DIR" OUT_DIR="$DATA_DIR" STAGE=text bash "$BASE/t5-scripts/tools/process_data_anli.sh" "$BASE"
 
-step "3/10 tokenizer trained on that text, tiny teacher and student -> $MODELS"
+step "3/11 tokenizer trained on that text, tiny teacher and student -> $MODELS"
 run_python "$BASE/tools/make_tiny_models.py" --out "$MODELS" --presets tiny-teacher tiny-student \
   --train-tokenizer-on "$DATA_DIR"/text/r*/train.jsonl --vocab-size "${VOCAB_SIZE:-512}" --seed "$SEED"
 
-step "4/10 token shards -> $DATA_DIR/{full,prompt}"
+step "4/11 token shards -> $DATA_DIR/{full,prompt}"
 OUT_DIR="$DATA_DIR" STAGE=shards TOKENIZER="$MODELS/tokenizer" \
   bash "$BASE/t5-scripts/tools/process_data_anli.sh" "$BASE"
 
@@ -45,41 +46,55 @@ if [[ "${SKIP_TRAINING:-0}" == "1" ]]; then
   exit 0
 fi
 
-# The recipes' cluster settings, scaled down to a CPU: one process, ZeRO 0 in fp32, evaluation on 300 dev examples
-# per round each epoch, rank classification only (generation is evaluated at the end, on test).
+# The recipes' cluster settings, scaled down to a CPU: one process (NUM_GPUS of them share the global batch of 32),
+# ZeRO 0 in fp32, evaluation on 300 dev examples per round each epoch, rank classification only (generation is
+# evaluated at the end, on test).
 train_tiny() {  # train_tiny SCRIPT CHECKPOINT OUT EPOCHS LR WARMUP_STEPS (SCRIPT relative to t5-scripts/; DATA_DIR=... for one call)
   CKPT="$2" SAVE_DIR="$3" EPOCHS="$4" LR="$5" WARMUP_STEPS="$6" DATA_DIR="$DATA_DIR" NUM_GPUS="${NUM_GPUS:-1}" \
-    BATCH_SIZE=32 GRAD_ACC=1 DS_CONFIG="$BASE/configs/deepspeed/zero0_fp32.json" MAX_STEPS=0 EVAL_INTERVAL=0 \
+    BATCH_SIZE=$((32 / ${NUM_GPUS:-1})) GRAD_ACC=1 DS_CONFIG="$BASE/configs/deepspeed/zero0_fp32.json" MAX_STEPS=0 EVAL_INTERVAL=0 \
     SAVE_INTERVAL=0 EXTRA_ARGS="--eval-max-examples 300 --no-eval-generate --seed $SEED" \
     bash "$BASE/t5-scripts/$1" "$BASE"
 }
 RESULTS="$WORK/results"
 
-step "5/10 SFT of the tiny teacher with the teacher recipe (sft_xl.sh) -> $RESULTS/sft/teacher"
+step "5/11 SFT of the tiny teacher with the teacher recipe (sft_xl.sh) -> $RESULTS/sft/teacher"
 # The teacher (5x the student's parameters) learns more per step than the student, but at the student's rate it
 # stalls at chance for epochs: half the rate and a longer warmup.
 train_tiny sft/sft_xl.sh "$MODELS/tiny-teacher" "$RESULTS/sft/teacher" "${TEACHER_EPOCHS:-3}" 5e-4 200
 
-step "6/10 SFT of the tiny student with the student recipe (sft_small.sh) -> $RESULTS/sft/student"
+step "6/11 SFT of the tiny student with the student recipe (sft_small.sh) -> $RESULTS/sft/student"
 train_tiny sft/sft_small.sh "$MODELS/tiny-student" "$RESULTS/sft/student" "${STUDENT_EPOCHS:-3}" 1.5e-3 30
 
-step "7/10 word-level KD of the tiny student from the SFT teacher (kd_small.sh, forward KL, ratio 0.5) -> $RESULTS/kd/student"
+step "7/11 word-level KD of the tiny student from the SFT teacher (kd_small.sh, forward KL, ratio 0.5) -> $RESULTS/kd/student"
 # best/ by dev loss (gold NLL) as for the SFT student, so the two students are selected alike
 TEACHER_CKPT="$RESULTS/sft/teacher/best" SELECT_BY=loss \
   train_tiny kd/kd_small.sh "$MODELS/tiny-student" "$RESULTS/kd/student" "${STUDENT_EPOCHS:-3}" 1.5e-3 30
 
-step "8/10 SeqKD data: the SFT teacher's greedy outputs for every training prompt -> $RESULTS/seqkd_gen, shards -> $WORK/processed_data/seqkd"
+step "8/11 SeqKD data: the SFT teacher's greedy outputs for every training prompt -> $RESULTS/seqkd_gen, shards -> $WORK/processed_data/seqkd"
 TEACHER_CKPT="$RESULTS/sft/teacher/best" DATA_DIR="$DATA_DIR" GEN_DIR="$RESULTS/seqkd_gen" BATCH_SIZE=256 \
   MAX_NEW_TOKENS=16 bash "$BASE/t5-scripts/tools/generate_data_seqkd.sh" "$BASE" "${NUM_GPUS:-1}"
 GEN_DIR="$RESULTS/seqkd_gen" DATA_DIR="$DATA_DIR" OUT_DIR="$WORK/processed_data/seqkd" \
   bash "$BASE/t5-scripts/tools/process_pseudo_data_seqkd.sh" "$BASE"
 
-step "9/10 SeqKD of the tiny student on the teacher's outputs (seqkd_small.sh) -> $RESULTS/seqkd/student"
+step "9/11 SeqKD of the tiny student on the teacher's outputs (seqkd_small.sh) -> $RESULTS/seqkd/student"
 DATA_DIR="$WORK/processed_data/seqkd" SELECT_BY=loss \
   train_tiny seqkd/seqkd_small.sh "$MODELS/tiny-student" "$RESULTS/seqkd/student" "${STUDENT_EPOCHS:-3}" 1.5e-3 30
 
-step "10/10 evaluation on test, per round"
-CKPTS="$RESULTS/sft/teacher/best $RESULTS/sft/student/best $RESULTS/kd/student/best $RESULTS/seqkd/student/best" \
-  DATA_DIR="$DATA_DIR" SPLIT=test bash "$BASE/t5-scripts/eval/run_eval.sh" "$BASE"
+step "10/11 MiniLLM of the SFT student from the SFT teacher (train_small_xl.sh) -> $RESULTS/minillm/student"
+# The recipe's algorithm (alpha 0.2, gamma 0.95, length norm, single-step term, clip 0.2, LM term on the gold pairs)
+# at a CPU's scale: 64 rollouts per collection, 4 PPO epochs of 4 micro-batches, 8 sampled tokens at most (the
+# longest answer has 7 with this vocabulary), the learning rate of a tiny model.
+CKPT="$RESULTS/sft/student/best" TEACHER_CKPT="$RESULTS/sft/teacher/best" PROMPT_DATA_DIR="$DATA_DIR" \
+  LM_DATA_DIR="$DATA_DIR" DATA_DIR="$DATA_DIR" SAVE_DIR="$RESULTS/minillm/student" NUM_GPUS="${NUM_GPUS:-1}" \
+  BATCH_SIZE=$((16 / ${NUM_GPUS:-1})) GRAD_ACC=1 CHUNK_SIZE=64 NUM_ROLLOUTS=64 PPO_EPOCHS=4 MAX_NEW_TOKENS=8 \
+  LR=1e-4 WARMUP_STEPS=10 MAX_STEPS="${MINILLM_STEPS:-320}" EVAL_INTERVAL=80 SAVE_INTERVAL=80 \
+  DS_CONFIG="$BASE/configs/deepspeed/zero0_fp32.json" \
+  EXTRA_ARGS="--eval-max-examples 300 --no-eval-generate --seed $SEED" \
+  bash "$BASE/t5-scripts/minillm/train_small_xl.sh" "$BASE"
 
-step "done: data $DATA_DIR, checkpoints $RESULTS/{sft/teacher,sft/student,kd/student,seqkd/student}/{best,last}"
+step "11/11 evaluation on test, per round"
+CKPTS="$RESULTS/sft/teacher/best $RESULTS/sft/student/best $RESULTS/kd/student/best $RESULTS/seqkd/student/best"
+CKPTS+=" $RESULTS/minillm/student/best"
+CKPTS="$CKPTS" DATA_DIR="$DATA_DIR" SPLIT=test bash "$BASE/t5-scripts/eval/run_eval.sh" "$BASE"
+
+step "done: data $DATA_DIR, checkpoints $RESULTS/{sft/teacher,sft/student,kd/student,seqkd/student,minillm/student}/{best,last}"

@@ -32,7 +32,7 @@ def minillm_config(**overrides) -> SimpleNamespace:
     """MiniLLM settings in their unbiased configuration unless overridden."""
     values = dict(teacher_model_path="teacher", rollout_max_new_tokens=3, teacher_mixed_alpha=0.0, temperature=1.0,
                   top_k=0, top_p=1.0, gamma=1.0, length_norm=False, whiten_advantages=False, cliprange=None,
-                  reward_scaling=1.0, cliprange_reward=None, single_step_reg=False, lm_coef=0.0)
+                  reward_scaling=1.0, cliprange_reward=None, single_step_reg=False, lm_coef=0.0, teacher_topk=0)
     values.update(overrides)
     return SimpleNamespace(**values)
 

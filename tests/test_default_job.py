@@ -11,7 +11,8 @@ from minillm.data.indexed_dataset import ShardedIndexedDataset, split_prompt_tar
 
 
 def test_default_job_end_to_end(tmp_path, repo_root):
-    env = dict(os.environ, WORK=str(tmp_path), TRAIN_PER_ROUND="300", EVAL_PER_ROUND="60", VOCAB_SIZE="256")
+    env = dict(os.environ, WORK=str(tmp_path), TRAIN_PER_ROUND="300", EVAL_PER_ROUND="60", VOCAB_SIZE="256",
+               MINILLM_STEPS="80")
     done = subprocess.run(["bash", str(repo_root / "t5-scripts" / "run_default.sh"), str(repo_root)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -41,15 +42,33 @@ def test_default_job_end_to_end(tmp_path, repo_root):
                         labels=torch.tensor(target[None].astype(np.int64)))
         assert out.logits.shape == (1, len(target), 256) and torch.isfinite(out.loss)
 
-    # Steps 5-8: teacher and student SFT'd and the student distilled (KD) through the recipes, the three best/
-    # checkpoints scored on test per round.
+    # Steps 5-11: teacher and student SFT'd, the student distilled by KD, SeqKD and MiniLLM through the recipes, the
+    # five best/ checkpoints scored on test per round. (At this test's size nothing learns beyond chance: learning
+    # is measured by the full-size job, README.)
     assert "summary: accuracy (rank classification) on test" in done.stdout
-    for run in (tmp_path / "results" / "sft" / "teacher", tmp_path / "results" / "sft" / "student",
-                tmp_path / "results" / "kd" / "student"):
+    results = tmp_path / "results"
+    runs = [results / "sft" / "teacher", results / "sft" / "student", results / "kd" / "student",
+            results / "seqkd" / "student", results / "minillm" / "student"]
+    for run in runs:
         log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert any("padding" in r for r in log) and any(r.get("split") == "dev" for r in log)
-        results = json.loads((run / "best" / "eval" / "test" / "results.json").read_text())
-        assert sorted(results["rounds"]) == ["r1", "r2", "r3"] and results["overall"]["n"] == 180
-        assert results["overall"]["unparsed"] == 0
-    kd_log = [json.loads(line) for line in (tmp_path / "results" / "kd" / "student" / "metrics.jsonl").open()]
+        test = json.loads((run / "best" / "eval" / "test" / "results.json").read_text())
+        assert sorted(test["rounds"]) == ["r1", "r2", "r3"] and test["overall"]["n"] == 180
+        assert test["overall"]["unparsed"] == 0
+    kd_log = [json.loads(line) for line in (results / "kd" / "student" / "metrics.jsonl").open()]
     assert all(r["kd"] > 0 and "ce" in r for r in kd_log if "padding" in r)
+
+    # SeqKD trained on exactly the teacher's greedy outputs
+    generated = [json.loads(line) for line in (results / "seqkd_gen" / "r1" / "train.jsonl").open()]
+    shards = ShardedIndexedDataset(tmp_path / "processed_data" / "seqkd" / "full" / "r1", "train")
+    assert len(generated) == len(shards) == 300
+    assert all(split_prompt_target(shards[i], 65535)[1].tolist() == g["target_ids"] for i, g in enumerate(generated))
+    assert json.loads((results / "seqkd" / "student" / "last" / "args.json").read_text())["data_dir"] == str(
+        tmp_path / "processed_data" / "seqkd")
+
+    # MiniLLM from the SFT student: rollouts collected, the student-only reverse-KL estimate on dev goes down
+    minillm_log = [json.loads(line) for line in (results / "minillm" / "student" / "metrics.jsonl").open()]
+    evals = [r for r in minillm_log if r.get("split") == "dev"]
+    assert [r["step"] for r in evals] == [0, 80] and evals[-1]["rev_kl"] < evals[0]["rev_kl"]
+    assert [r["collection"] for r in minillm_log if "collection" in r] == list(range(5))  # 16 steps per collection
+    assert all({"pg", "single", "lm", "clip_frac"} <= set(r) for r in minillm_log if "padding" in r)

@@ -163,3 +163,41 @@ def test_teacher_runs_once_per_rollout_and_never_in_the_ppo_epochs(models):
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def test_teacher_top_k_plus_remainder(models):
+    """Kept as its top K tokens plus one remainder bin, the teacher's distribution sums to 1; the single-step KL over
+    those K + 1 bins equals the hand-computed coarse KL, is at most the full KL, and equals it when K covers the
+    vocabulary."""
+    student, teacher = models
+    settings = SETTINGS["plain"]
+    full = sample(models, settings, n=16, seed=3)
+    coarse = sample_rollouts(student, teacher, full.input_ids, full.attention_mask, settings, PAD, EOS, PAD,
+                             torch.Generator().manual_seed(3), teacher_topk=3)
+    everything = sample_rollouts(student, teacher, full.input_ids, full.attention_mask, settings, PAD, EOS, PAD,
+                                 torch.Generator().manual_seed(3), teacher_topk=VOCAB)
+    assert torch.equal(coarse.labels, full.labels)  # the same draws: the storage does not touch sampling
+    mask = full.mask
+    assert coarse.teacher_log_dist.shape[-1] == 4
+    torch.testing.assert_close(coarse.teacher_log_dist.exp().sum(-1)[mask], torch.ones(int(mask.sum())))
+
+    def single(config_rollouts):
+        objective = MiniLLMObjective(minillm_config(rollout_max_new_tokens=6, single_step_reg=True),
+                                     adapter_for(student), lambda path: teacher)
+        rewards, advantages, weights = objective.advantages(config_rollouts)
+        batch = objective.micro_batch({"rollouts": config_rollouts, "rewards": rewards, "advantages": advantages,
+                                       "weights": weights}, range(len(config_rollouts)))
+        with torch.no_grad():
+            return objective.token_losses(student, batch)["single"]
+
+    kl_full, kl_coarse, kl_all = single(full), single(coarse), single(everything)
+    torch.testing.assert_close(kl_all, kl_full, atol=1e-5, rtol=0)
+    assert bool((kl_coarse <= kl_full + 1e-6).all()) and float(kl_coarse.sum()) < float(kl_full.sum())
+    # by hand at one position: the 3 teacher-top ids and the rest, for student and teacher
+    b, t = 0, 0
+    q = torch.softmax(ban(teacher_forced(student, full), (PAD,)), -1)[b, t]
+    p = full.teacher_log_dist[b, t].exp()
+    ids = coarse.teacher_dist_ids[b, t]
+    q_bins = torch.cat([q[ids], (1 - q[ids].sum()).reshape(1)])
+    p_bins = torch.cat([p[ids], (1 - p[ids].sum()).reshape(1)])
+    assert float(kl_coarse[b, t]) == pytest.approx(float((q_bins * (q_bins / p_bins).log()).sum()), abs=1e-5)

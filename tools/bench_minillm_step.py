@@ -90,8 +90,9 @@ def main(argv=None) -> None:
     config = SimpleNamespace(
         teacher_model_path="teacher", rollout_max_new_tokens=args.max_new_tokens, teacher_mixed_alpha=0.2,
         temperature=1.0, top_k=0, top_p=1.0, gamma=0.95, length_norm=True, whiten_advantages=True, cliprange=0.2,
-        reward_scaling=0.5, cliprange_reward=100.0, single_step_reg=True, lm_coef=0.0, num_rollouts=args.num_rollouts,
-        chunk_size=args.chunk_size, ppo_epochs=args.ppo_epochs, batch_size=args.batch_size, grad_acc=1, seed=0)
+        reward_scaling=0.5, cliprange_reward=100.0, single_step_reg=True, lm_coef=0.0, teacher_topk=0,
+        num_rollouts=args.num_rollouts, chunk_size=args.chunk_size, ppo_epochs=args.ppo_epochs,
+        batch_size=args.batch_size, grad_acc=1, seed=0)
     objective = MiniLLMObjective(config, Seq2SeqAdapter.for_model(student), lambda path: teacher)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(2, args.vocab_size, args.prompt_length) for _ in range(4 * args.num_rollouts)]

@@ -58,6 +58,9 @@ class TrainConfig:
     temperature: float = _flag(1.0, "sampling temperature of the student (and the mixed-in teacher)")
     top_k: int = _flag(0, "top-k cut of the student's distribution (0: none)")
     top_p: float = _flag(1.0, "top-p cut of the student's distribution (1: none)")
+    teacher_topk: int = _flag(0, "keep the teacher's distribution at each sampled position as its top K tokens plus "
+                              "one remainder bin (the single-step KL is then taken over those K + 1 bins, a lower "
+                              "bound); 0: the whole vocabulary")
     gamma: float = _flag(0.95, "discount of the long-term return")
     length_norm: bool = _flag(True, "divide each return by the number of rewards it sums")
     single_step_reg: bool = _flag(True, "add the exact token-level KL(q || p) at every sampled position and leave "
@@ -155,6 +158,8 @@ class TrainConfig:
             problems.append("--type minillm needs --teacher-model-path (the frozen teacher checkpoint)")
         if self.max_steps <= 0:
             problems.append("--type minillm needs --max-steps (the reference's --total-iters)")
+        if self.teacher_topk < 0:
+            problems.append(f"--teacher-topk must be >= 0 (got {self.teacher_topk})")
         for name in ("num_rollouts", "chunk_size", "ppo_epochs", "rollout_max_new_tokens"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")

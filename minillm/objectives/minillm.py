@@ -12,7 +12,9 @@ The objective has two halves, which the engine calls at different times:
 Loss, summed over the valid rollout tokens of the micro-batch (the loop divides by the global count N):
 
     L = sum_t max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps))         policy gradient (long-term)
-      + [single-step-reg] sum_t KL(q_theta(. | y_<t, x) || p(. | y_<t, x))  exact, over the vocabulary
+      + [single-step-reg] sum_t KL(q_theta(. | y_<t, x) || p(. | y_<t, x))  exact, over the vocabulary (or, with
+                                                                          --teacher-topk K, over the teacher's top K
+                                                                          tokens plus one bin for the rest)
       + lm_coef (N_local / N_lm) sum_{gold t} -log q_theta(y*_t | y*_<t, x)   the LM term on gold targets
 
 with rho_t = q_theta(y_t) / q_old(y_t) x w_t, w_t = q_old(y_t) / m_t(y_t) (MiniLLM's per-token importance
@@ -39,7 +41,7 @@ import dataclasses
 
 import torch
 
-from ..divergences import reverse_kl
+from ..divergences import coarsen, reverse_kl
 from ..losses import token_cross_entropy
 from ..policy_gradient import k3_reverse_kl, masked_whiten, ppo_token_losses, returns, token_rewards
 from ..rollouts import Rollouts, SamplingSettings, policy_log_probs, sample_rollouts
@@ -60,6 +62,7 @@ class MiniLLMObjective(Objective):
             temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
             banned_ids=(adapter.pad_token_id,))
         self.frozen_models = [self.teacher]
+        self.teacher_topk = config.teacher_topk
 
     # -------------------------------------------------------------------------------------- rollout collection
 
@@ -83,7 +86,7 @@ class MiniLLMObjective(Objective):
         process's rollouts (reward, rev_kl_k3, mixed_length, sequences, tokens) for the engine to reduce and log."""
         parts = [sample_rollouts(model, self.teacher, b["input_ids"], b["attention_mask"], self.sampling,
                                  self.adapter.decoder_start_token_id, self.adapter.eos_token_id,
-                                 self.adapter.pad_token_id, generator) for b in prompt_batches]
+                                 self.adapter.pad_token_id, generator, self.teacher_topk) for b in prompt_batches]
         rollouts = Rollouts.concatenate(parts, self.adapter.pad_token_id)
         rewards, advantages, weights = self.advantages(rollouts, all_reduce_sum)
         mask = rollouts.mask
@@ -121,7 +124,8 @@ class MiniLLMObjective(Objective):
                                        self.config.cliprange or None)
         single = torch.zeros_like(pg)
         if self.config.single_step_reg:
-            single = reverse_kl(log_dist, rollouts.teacher_log_dist, mask, reduction="none")
+            student_dist = log_dist if rollouts.teacher_dist_ids is None else coarsen(log_dist, rollouts.teacher_dist_ids)
+            single = reverse_kl(student_dist, rollouts.teacher_log_dist, mask, reduction="none")
         return {"pg": pg, "single": single, "clipped": clipped, "logprobs": logprobs}
 
     def __call__(self, model, batch: dict) -> ObjectiveOutput:

@@ -4,7 +4,7 @@
 # The student starts from its SFT checkpoint selected by dev loss (t5-scripts/sft/sft_base.sh).
 # Recipe for 8x V100-32GB-class GPUs per node; MiniLLM's own defaults (minillm-method.md s.4.2) where they apply.
 #   bash t5-scripts/minillm/train_base_xl.sh BASE [NUM_GPUS]
-# Environment, besides launch_training's (t5-scripts/common.sh): TEACHER_CKPT, PROMPT_DATA_DIR (processed folder whose
+# Environment, besides launch_training's (t5-scripts/common.sh; the launch is launch_minillm there): TEACHER_CKPT, PROMPT_DATA_DIR (processed folder whose
 # prompt/ shards are sampled from; required, as in MiniLLM), LM_DATA_DIR (gold pairs for the LM term; empty: no LM
 # term), NUM_ROLLOUTS, CHUNK_SIZE, PPO_EPOCHS, ALPHA (teacher-mixed), GAMMA, LM_COEF, MAX_NEW_TOKENS.
 set -euo pipefail
@@ -18,10 +18,4 @@ source "$BASE/t5-scripts/common.sh"
 : "${LR:=5e-6}" "${EPOCHS:=1}" "${MAX_STEPS:=5000}" "${EVAL_INTERVAL:=100}" "${SAVE_INTERVAL:=500}" "${ZERO_STAGE:=1}"
 : "${NUM_ROLLOUTS:=256}" "${PPO_EPOCHS:=4}" "${ALPHA:=0.2}" "${GAMMA:=0.95}" "${LM_COEF:=1.0}" "${MAX_NEW_TOKENS:=64}"
 : "${SELECT_BY:=accuracy}" "${SAVE_DIR:=$BASE/results/anli/minillm/base_xl}"
-lm_args=()
-if [[ -n "$LM_DATA_DIR" ]]; then lm_args=(--lm-data-dir "$LM_DATA_DIR" --lm-coef "$LM_COEF"); fi
-export MAX_STEPS EVAL_INTERVAL SAVE_INTERVAL
-launch_training --type minillm --teacher-model-path "$TEACHER_CKPT" --prompt-data-dir "$PROMPT_DATA_DIR" "${lm_args[@]}" \
-  --num-rollouts "$NUM_ROLLOUTS" --chunk-size "$CHUNK_SIZE" --ppo-epochs "$PPO_EPOCHS" --teacher-mixed-alpha "$ALPHA" \
-  --gamma "$GAMMA" --rollout-max-new-tokens "$MAX_NEW_TOKENS" --scheduler constant --warmup-steps "${WARMUP_STEPS:-100}" \
-  --adam-betas 0.9 0.95 --weight-decay 1e-6 --select-by "$SELECT_BY"
+launch_minillm

@@ -153,10 +153,12 @@ def _unwrap(model):
 @torch.no_grad()
 def sample_rollouts(student, teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     settings: SamplingSettings, decoder_start_token_id: int, eos_token_id: int, pad_token_id: int,
-                    generator: torch.Generator | None = None, teacher_topk: int = 0) -> Rollouts:
+                    generator: torch.Generator | None = None, teacher_topk: int = 0, all_done=None) -> Rollouts:
     """Sample one target per prompt from the teacher-mixed distribution (module docstring); both models in their
     current mode (the caller puts the student in eval mode: MiniLLM samples and trains without dropout).
-    ``teacher_topk`` > 0 keeps the teacher's distributions as top-k plus remainder (module docstring)."""
+    ``teacher_topk`` > 0 keeps the teacher's distributions as top-k plus remainder (module docstring).
+    ``all_done(done)`` says whether decoding may stop (default: every sequence of the batch has ended); processes
+    whose models gather ZeRO-3 parameters at every call pass one that waits for every process."""
     batch = input_ids.shape[0]
     encoded = {name: _unwrap(model).get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
                for name, model in (("student", student), ("teacher", teacher))}
@@ -196,7 +198,7 @@ def sample_rollouts(student, teacher, input_ids: torch.Tensor, attention_mask: t
         if keep is not None:
             columns["keep"].append(keep)
         done = done | (sampled == eos_token_id)
-        if bool(done.all()):
+        if all_done(done) if all_done is not None else bool(done.all()):
             break
         token = sampled.masked_fill(done, pad_token_id).unsqueeze(-1)
     return Rollouts(input_ids=input_ids, attention_mask=attention_mask,

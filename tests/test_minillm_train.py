@@ -55,6 +55,17 @@ def test_two_processes_zero3_collect_train_and_log(tiny_setup, tmp_path):
     assert (tmp_path / "best" / "model.safetensors").is_file()
 
 
+def test_zero3_without_gathering_decodes_in_lockstep(tiny_setup, tmp_path):
+    """The fallback when the parameters do not fit: every call gathers collectively, so processes whose sequences
+    end at different steps keep stepping together (a hang otherwise)."""
+    done = run_minillm("train_small_xl.sh", tiny_setup, tmp_path, NUM_GPUS=2, DS_CONFIG=CONFIGS / "zero3_fp32.json",
+                       MAX_STEPS=4, EXTRA_ARGS="--eval-max-examples 5 --no-eval-generate --no-gather-for-sampling")
+    assert_ok(done)
+    assert "WARNING: ZeRO-3 without gathering" in done.stdout + done.stderr
+    evals = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("split") == "dev"]
+    assert [r["step"] for r in evals] == [0, 4] and all(r["sequences"] == 14 for r in evals)  # 15 cut to 2 x 7
+
+
 def test_no_lm_script_drops_the_lm_term(tiny_setup, tmp_path):
     assert_ok(run_minillm("train_small_xl_no_lm.sh", tiny_setup, tmp_path, MAX_STEPS=4))
     train = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "padding" in r]

@@ -19,6 +19,12 @@ from ..models.adapter import collate, pad_right
 from .distributed import all_reduce_sum, all_reduce_sum_
 
 
+def every_process_done(done: torch.Tensor) -> bool:
+    """Whether every sequence on every process has ended (one all-reduce): decoding in lockstep, for ZeRO-3 models
+    that gather parameters collectively at every call."""
+    return all_reduce_sum_((~done).sum().double()).item() == 0
+
+
 class SupervisedBatches:
     """Length-bucketed global batches over (prompt, target) examples (:func:`bucketed_batches`), this rank's rows,
     cut into ``grad_acc`` micro-batches."""
@@ -69,11 +75,20 @@ def prompt_batches(prompts: list[np.ndarray], size: int, pad_token_id: int, devi
             for chunk in (ordered[s:s + size] for s in range(0, len(ordered), size))]
 
 
+def gather_fits(models: list, device) -> bool:
+    """Whether the full parameters of ``models`` fit in 80 % of the accelerator's free memory (always on a CPU)."""
+    if device.type != "cuda":
+        return True
+    needed = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for model in models for p in model.parameters())
+    return needed <= 0.8 * torch.cuda.mem_get_info(device)[0]
+
+
 @contextlib.contextmanager
-def parameters_gathered(models: list, zero3: bool):
-    """Under ZeRO-3, every parameter of ``models`` gathered for the block (once, instead of at every decoding
-    step); elsewhere nothing to do."""
-    if not zero3:
+def parameters_gathered(models: list, gather: bool):
+    """With ``gather`` (ZeRO-3 and :func:`gather_fits`), every parameter of ``models`` gathered for the block: once,
+    instead of layer by layer at every decoding step. Otherwise nothing to do (ZeRO 0-2 keep whole parameters; a
+    ZeRO-3 run that does not fit gathers per call, slower)."""
+    if not gather:
         yield
         return
     import deepspeed
@@ -108,13 +123,18 @@ class RolloutBatches:
                              f"step's --batch-size x --grad-acc ({config.batch_size * config.grad_acc})")
         self.steps_per_epoch = config.ppo_epochs * self.batches_per_epoch  # steps per collection
         self._collection, self._store, self._stats = -1, None, None
+        self.gather = zero3 and config.gather_for_sampling and gather_fits([model, *objective.frozen_models], device)
+        self.all_done = every_process_done if zero3 and not self.gather else None
 
     def describe(self) -> str:
         c = self.config
         return (f"rollouts: {c.num_rollouts} per collection ({self.per_rank} per process, sampled {c.chunk_size} "
                 f"at a time), {c.ppo_epochs} PPO epochs = {self.steps_per_epoch} steps per collection"
                 + (", the student's and the teacher's parameters gathered once per collection (ZeRO-3)"
-                   if self.zero3 else "") + (", LM term on gold pairs" if self.lm is not None else ""))
+                   if self.gather else "")
+                + (", WARNING: ZeRO-3 without gathering the student's and teacher's parameters for sampling (they do "
+                   "not fit in 80 % of the free accelerator memory, or --no-gather-for-sampling): decoding in lockstep, "
+                   "gathering layer by layer at every call (slower)" if self.zero3 and not self.gather else "") + (", LM term on gold pairs" if self.lm is not None else ""))
 
     def _prompt_indices(self, collection: int) -> list[int]:
         n, start = len(self.prompts), collection * self.config.num_rollouts
@@ -129,8 +149,8 @@ class RolloutBatches:
         batches = prompt_batches(prompts, self.config.chunk_size, self.pad_token_id, self.device)
         generator = torch.Generator(device=self.device).manual_seed(
             int(np.random.default_rng([self.config.seed, collection, self.rank]).integers(2**62)))
-        with parameters_gathered([self.model, *self.objective.frozen_models], self.zero3):
-            self._store, stats = self.objective.collect(self.model, batches, generator, all_reduce_sum_)
+        with parameters_gathered([self.model, *self.objective.frozen_models], self.gather):
+            self._store, stats = self.objective.collect(self.model, batches, generator, all_reduce_sum_, self.all_done)
         names = sorted(stats)
         totals = dict(zip(names, all_reduce_sum([stats[k] for k in names], self.device)))
         sequences = max(totals.pop("sequences"), 1.0)

@@ -61,6 +61,9 @@ class TrainConfig:
     teacher_topk: int = _flag(0, "keep the teacher's distribution at each sampled position as its top K tokens plus "
                               "one remainder bin (the single-step KL is then taken over those K + 1 bins, a lower "
                               "bound); 0: the whole vocabulary")
+    gather_for_sampling: bool = _flag(True, "under ZeRO-3, gather the student's and teacher's parameters once per "
+                                      "collection when they fit in 80 %% of the free accelerator memory; off (or not "
+                                      "fitting): decode in lockstep, gathering at every call")
     gamma: float = _flag(0.95, "discount of the long-term return")
     length_norm: bool = _flag(True, "divide each return by the number of rewards it sums")
     single_step_reg: bool = _flag(True, "add the exact token-level KL(q || p) at every sampled position and leave "

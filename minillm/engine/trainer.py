@@ -223,19 +223,20 @@ def train(config: TrainConfig) -> dict:
 
     def evaluate_policy() -> dict:
         """The objective's figures on student-only samples for this rank's share of the evaluation prompts
-        (the first --eval-max-examples of each round), summed over ranks and averaged per sequence."""
+        (the first --eval-max-examples of each round, cut to a multiple of the process count so that every rank
+        samples as many batches), summed over ranks and averaged per sequence."""
         prompts = []
         for round_name in config.eval_rounds:
             shard = Prompts(config.data_dir, round_name, config.eval_split, config.max_prompt_length)
             prompts += [shard[i] for i in range(min(len(shard), config.eval_max_examples or len(shard)))]
-        mine = prompts[rank::world_size]
+        mine = prompts[: len(prompts) // world_size * world_size][rank::world_size]
         generator = torch.Generator(device=device).manual_seed(config.seed)  # the same prompts and draws each time
         was_training = engine.module.training
         engine.module.eval()
-        with parameters_gathered([engine.module, *objective.frozen_models], zero_stage(ds_config) == 3):
+        with parameters_gathered([engine.module, *objective.frozen_models], source.gather):
             sums = objective.evaluation_metrics(engine.module, prompt_batches(mine, config.chunk_size,
                                                                               tokenizer.pad_token_id, device),
-                                                generator)
+                                                generator, source.all_done)
         engine.module.train(was_training)
         names = sorted(sums)
         totals = dict(zip(names, all_reduce_sum([sums[k] for k in names], device)))

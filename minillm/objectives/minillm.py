@@ -79,14 +79,15 @@ class MiniLLMObjective(Objective):
         return rewards, advantages, weights
 
     def collect(self, model, prompt_batches: list[dict], generator: torch.Generator | None = None,
-                all_reduce_sum=None) -> tuple[dict, dict]:
+                all_reduce_sum=None, all_done=None) -> tuple[dict, dict]:
         """Sample a rollout for every prompt of ``prompt_batches`` (dicts with input_ids and attention_mask on the
-        model's device) and prepare them for the PPO epochs. Returns ``(store, stats)``: the store holds the
+        model's device; ``all_done`` as in :func:`sample_rollouts`) and prepare them for the PPO epochs. Returns ``(store, stats)``: the store holds the
         :class:`Rollouts` fields plus rewards, advantages and weights, all ``[N, ...]``; stats are sums over this
         process's rollouts (reward, rev_kl_k3, mixed_length, sequences, tokens) for the engine to reduce and log."""
         parts = [sample_rollouts(model, self.teacher, b["input_ids"], b["attention_mask"], self.sampling,
                                  self.adapter.decoder_start_token_id, self.adapter.eos_token_id,
-                                 self.adapter.pad_token_id, generator, self.teacher_topk) for b in prompt_batches]
+                                 self.adapter.pad_token_id, generator, self.teacher_topk, all_done)
+                 for b in prompt_batches]
         rollouts = Rollouts.concatenate(parts, self.adapter.pad_token_id)
         rewards, advantages, weights = self.advantages(rollouts, all_reduce_sum)
         mask = rollouts.mask
@@ -143,7 +144,8 @@ class MiniLLMObjective(Objective):
     # -------------------------------------------------------------------------------------- evaluation
 
     @torch.no_grad()
-    def evaluation_metrics(self, model, prompt_batches: list[dict], generator: torch.Generator | None = None) -> dict:
+    def evaluation_metrics(self, model, prompt_batches: list[dict], generator: torch.Generator | None = None,
+                           all_done=None) -> dict:
         """Sums over rollouts sampled from the **student alone** (alpha = 0) for ``prompt_batches``: the Monte-Carlo
         estimate of the sequence-level reverse KL, sum_t (log q(y_t) - log p(y_t)) with y ~ q (its mean is
         KL(q || p) at the sampling settings), the per-token mean reward, the length, and the count."""
@@ -152,7 +154,7 @@ class MiniLLMObjective(Objective):
         for b in prompt_batches:
             rollouts = sample_rollouts(model, self.teacher, b["input_ids"], b["attention_mask"], settings,
                                        self.adapter.decoder_start_token_id, self.adapter.eos_token_id,
-                                       self.adapter.pad_token_id, generator)
+                                       self.adapter.pad_token_id, generator, all_done=all_done)
             mask = rollouts.mask
             log_ratio = (rollouts.old_logprobs - rollouts.teacher_logprobs).masked_fill(~mask, 0.0)
             lengths = mask.sum(-1)

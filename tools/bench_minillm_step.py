@@ -2,7 +2,7 @@
 
     python tools/bench_minillm_step.py [--student flan-t5-small] [--teacher flan-t5-base] [--num-rollouts 16]
                                        [--chunk-size 16] [--batch-size 8] [--ppo-epochs 4] [--prompt-length 136]
-                                       [--max-new-tokens 8] [--cycles 2] [--threads N] [--dtype bf16]
+                                       [--max-new-tokens 8] [--cycles 2] [--threads N] [--dtype fp32]
 
 Randomly initialised student and teacher of the presets' shapes (one vocabulary), random prompts, and the real
 pieces: :class:`minillm.engine.batches.RolloutBatches` drives :class:`MiniLLMObjective` (collection: two-model
@@ -10,12 +10,14 @@ teacher-mixed sampling, rewards, advantages; then ``ppo_epochs`` passes of micro
 One cycle = one collection + its optimizer steps. Timed per cycle (after one warm-up cycle), with forward hooks on
 the two models:
 
-- sampling: the collection minus the teacher's calls in it (student encoder and decoder steps, mixing, drawing);
+- sampling: time inside ``sample_rollouts`` minus the teacher's calls in it (student encoder and decoder steps,
+  mixing, drawing, recording);
 - teacher scoring: the teacher's calls (one encoder pass per sampling batch, one decoder step per position: its
   log-probs and distributions are recorded then, and the PPO epochs never call it);
 - student forward/backward: the objective's loss and ``backward`` on each micro-batch;
 - optimizer: ``step`` and ``zero_grad``;
-- other: the rest of the cycle's wall time (advantages, batching, bookkeeping).
+- other: the rest of the cycle's wall time (rewards, returns, whitening, storing and slicing the rollouts into
+  micro-batches, bookkeeping).
 
 Random models rarely emit EOS, so every rollout runs to ``--max-new-tokens``: a worst case for sampling. Prints the
 seconds and share of each part and the teacher forward passes per rollout sample.
@@ -39,7 +41,7 @@ from minillm.engine.batches import RolloutBatches  # noqa: E402
 from minillm.models.adapter import Seq2SeqAdapter  # noqa: E402
 from minillm.models.fused import fuse_elementwise  # noqa: E402
 from minillm.models.tiny import PRESETS, build_model  # noqa: E402
-from minillm.objectives.minillm import MiniLLMObjective  # noqa: E402
+from minillm.objectives import minillm as minillm_objective  # noqa: E402
 from step_timing import DTYPES  # noqa: E402
 
 
@@ -76,7 +78,8 @@ def main(argv=None) -> None:
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--cycles", type=int, default=2, help="timed cycles after one warm-up cycle")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--dtype", default="bf16", choices=tuple(DTYPES))
+    p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES),
+                   help="fp32 (default; bf16 matmuls are very slow on CPUs without AVX512-BF16 or AMX)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,7 +96,17 @@ def main(argv=None) -> None:
         reward_scaling=0.5, cliprange_reward=100.0, single_step_reg=True, lm_coef=0.0, teacher_topk=0,
         num_rollouts=args.num_rollouts, chunk_size=args.chunk_size, ppo_epochs=args.ppo_epochs,
         batch_size=args.batch_size, grad_acc=1, seed=0)
-    objective = MiniLLMObjective(config, Seq2SeqAdapter.for_model(student), lambda path: teacher)
+    objective = minillm_objective.MiniLLMObjective(config, Seq2SeqAdapter.for_model(student), lambda path: teacher)
+    sampling_seconds = [0.0]
+    sample_rollouts = minillm_objective.sample_rollouts
+
+    def timed_sample_rollouts(*args_, **kwargs):  # the objective's sampler, timed
+        start = time.perf_counter()
+        out = sample_rollouts(*args_, **kwargs)
+        sampling_seconds[0] += time.perf_counter() - start
+        return out
+
+    minillm_objective.sample_rollouts = timed_sample_rollouts
     rng = np.random.default_rng(0)
     prompts = [rng.integers(2, args.vocab_size, args.prompt_length) for _ in range(4 * args.num_rollouts)]
     source = RolloutBatches(objective, student, prompts, None, config, rank=0, world_size=1, device=torch.device("cpu"),
@@ -103,14 +116,14 @@ def main(argv=None) -> None:
     steps = source.steps_per_epoch
 
     def cycle(index: int) -> dict:
-        parts = dict.fromkeys(("collection", "teacher", "forward_backward", "optimizer"), 0.0)
-        before = (teacher_decoder.seconds + teacher_encoder.seconds, teacher_encoder.calls, teacher_decoder.calls)
+        parts = dict.fromkeys(("forward_backward", "optimizer"), 0.0)
+        before = (teacher_decoder.seconds + teacher_encoder.seconds, teacher_encoder.calls, teacher_decoder.calls,
+                  sampling_seconds[0])
         start = time.perf_counter()
         for step in range(index * steps, (index + 1) * steps):
-            t0 = time.perf_counter()
             batches = source.micro_batches(step)
             if step == index * steps:
-                parts["collection"] = time.perf_counter() - t0
+                parts["sampling"] = sampling_seconds[0] - before[3]
                 parts["teacher"] = teacher_decoder.seconds + teacher_encoder.seconds - before[0]
                 parts["encoder_calls"] = teacher_encoder.calls - before[1]
                 parts["decoder_calls"] = teacher_decoder.calls - before[2]
@@ -128,7 +141,7 @@ def main(argv=None) -> None:
     cycle(0)  # warm-up
     measured = [cycle(i) for i in range(1, args.cycles + 1)]
     mean = {k: sum(m[k] for m in measured) / len(measured) for k in measured[0]}
-    breakdown = {"sampling": mean["collection"] - mean["teacher"], "teacher scoring": mean["teacher"],
+    breakdown = {"sampling": mean["sampling"] - mean["teacher"], "teacher scoring": mean["teacher"],
                  "student forward/backward": mean["forward_backward"], "optimizer": mean["optimizer"]}
     breakdown["other"] = mean["total"] - sum(breakdown.values())
     print(f"student {args.student}, teacher {args.teacher}, {args.dtype}, {torch.get_num_threads()} threads; "

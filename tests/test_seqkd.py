@@ -75,9 +75,11 @@ def test_sampling_writes_n_outputs_per_prompt(tiny_setup, tmp_path):
 
 
 def test_generation_refuses_greedy_with_several_samples(tiny_setup, tmp_path):
-    done = run_tool("tools/generate_data_seqkd.sh", NUM_GPUS=1, TEACHER_CKPT=tiny_setup["models"] / "tiny-teacher",
-                    DATA_DIR=tiny_setup["data_dir"], GEN_DIR=tmp_path / "gen", NUM_SAMPLES=3)
-    assert done.returncode != 0 and "--num-samples 3 needs --decoding sample" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "minillm.generate_seqkd", "--model-path", str(tiny_setup["models"] / "tiny-teacher"),
+         "--data-dir", str(tiny_setup["data_dir"]), "--out-dir", str(tmp_path / "gen"), "--num-samples", "3"],
+        capture_output=True, text=True, timeout=120, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 2 and "--num-samples 3 needs --decoding sample" in done.stderr
     assert not (tmp_path / "gen").exists()
 
 

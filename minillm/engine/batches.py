@@ -137,11 +137,15 @@ class RolloutBatches:
                    "gathering layer by layer at every call (slower)" if self.zero3 and not self.gather else "") + (", LM term on gold pairs" if self.lm is not None else ""))
 
     def _prompt_indices(self, collection: int) -> list[int]:
+        """Positions ``collection x num_rollouts + rank``, ``+ world_size``, ... of the prompt stream: pass e over
+        the prompts is the permutation seeded with ``(seed, e)``."""
         n, start = len(self.prompts), collection * self.config.num_rollouts
+        passes: dict[int, np.ndarray] = {}
         out = []
         for j in range(start + self.rank, start + self.config.num_rollouts, self.world_size):
-            permutation = np.random.default_rng([self.config.seed, j // n]).permutation(n)
-            out.append(int(permutation[j % n]))
+            if j // n not in passes:
+                passes[j // n] = np.random.default_rng([self.config.seed, j // n]).permutation(n)
+            out.append(int(passes[j // n][j % n]))
         return out
 
     def _collect(self, collection: int) -> None:

@@ -165,6 +165,9 @@ def train(config: TrainConfig) -> dict:
                                                    config.max_prompt_length, config.max_target_length),
                                    config.batch_size, config.grad_acc, rank, world_size, config.seed,
                                    config.bucket_window, tokenizer.pad_token_id)
+            if lm.steps_per_epoch == 0:
+                raise ValueError(f"--lm-data-dir {config.lm_data_dir}: {len(lm.examples)} training examples in round "
+                                 f"{config.train_round}, fewer than one global batch ({lm.global_batch_size})")
         # `model` is the module the DeepSpeed engine wraps (in place, also when ZeRO-3 partitions it)
         source = RolloutBatches(objective, model, train_data, lm, config, rank, world_size, device,
                                 tokenizer.pad_token_id, zero_stage(ds_config) == 3)

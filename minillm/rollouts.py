@@ -136,7 +136,8 @@ def keep_set(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return keep
 
 
-def policy_log_probs(logits: torch.Tensor, settings: SamplingSettings, keep: torch.Tensor | None = None) -> torch.Tensor:
+def policy_log_probs(logits: torch.Tensor, settings: SamplingSettings,
+                     keep: torch.Tensor | None = None) -> torch.Tensor:
     """The log-distribution a policy samples from: fp32 logits / temperature, banned ids and tokens outside
     ``keep`` at -inf, log-softmax. Used alike for sampling (q_old) and for teacher-forced scoring (q_theta)."""
     logits = ban(logits, settings.banned_ids) / settings.temperature

@@ -15,7 +15,8 @@ def tiny_t5(vocab_size: int, d_model: int, seed: int, dtype=torch.float64, sharp
     """A random T5 with Flan-T5's conventions (pad 0 = decoder start, EOS 1), in eval mode. Random init gives
     near-uniform distributions: the output layer is scaled by ``sharpen`` so tests have signal, and
     ``eos_logit_zero`` pins EOS's logit to 0 so sampled targets end at varied lengths."""
-    config = T5Config(tie_word_embeddings=False, vocab_size=vocab_size, d_model=d_model, d_ff=2 * d_model, num_layers=1, num_decoder_layers=2,
+    config = T5Config(tie_word_embeddings=False, vocab_size=vocab_size, d_model=d_model, d_ff=2 * d_model,
+                      num_layers=1, num_decoder_layers=2,
                       num_heads=2, d_kv=d_model // 2, dropout_rate=0.0, feed_forward_proj="gated-gelu",
                       decoder_start_token_id=PAD, pad_token_id=PAD, eos_token_id=EOS)
     torch.manual_seed(seed)

@@ -31,7 +31,8 @@ def all_targets() -> list[list[int]]:
 
 def teacher_forced(model, prompt: torch.Tensor, labels: torch.Tensor, adapter) -> torch.Tensor:
     """log-distributions [B, T, V] with the pad id banned (the rollouts' support)."""
-    batch = {"input_ids": prompt.expand(len(labels), -1), "attention_mask": torch.ones_like(prompt).expand(len(labels), -1),
+    rows = len(labels)
+    batch = {"input_ids": prompt.expand(rows, -1), "attention_mask": torch.ones_like(prompt).expand(rows, -1),
              "labels": labels}
     return torch.log_softmax(ban(adapter.logits(model, batch), (PAD,)), dim=-1)
 
@@ -59,8 +60,10 @@ def rollouts_of(student, teacher, prompt, labels, adapter) -> Rollouts:
     mask = labels != IGNORE_INDEX
     safe = labels.masked_fill(~mask, EOS).unsqueeze(-1)
     old = torch.where(mask, student_log.gather(-1, safe).squeeze(-1), 0.0)
-    return Rollouts(input_ids=prompt.expand(len(labels), -1), attention_mask=torch.ones_like(prompt).expand(len(labels), -1),
-                    labels=labels, old_logprobs=old, teacher_logprobs=torch.where(mask, teacher_log.gather(-1, safe).squeeze(-1), 0.0),
+    rows = len(labels)
+    return Rollouts(input_ids=prompt.expand(rows, -1), attention_mask=torch.ones_like(prompt).expand(rows, -1),
+                    labels=labels, old_logprobs=old,
+                    teacher_logprobs=torch.where(mask, teacher_log.gather(-1, safe).squeeze(-1), 0.0),
                     mixed_logprobs=old.clone(), teacher_log_dist=teacher_log)
 
 

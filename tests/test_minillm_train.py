@@ -19,7 +19,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def run_minillm(script: str, setup, save_dir, **overrides) -> subprocess.CompletedProcess:
     data = setup["data_dir"]
-    env = dict(os.environ, CKPT=str(setup["models"] / "tiny-student"), TEACHER_CKPT=str(setup["models"] / "tiny-teacher"),
+    env = dict(os.environ, CKPT=str(setup["models"] / "tiny-student"),
+               TEACHER_CKPT=str(setup["models"] / "tiny-teacher"),
                DATA_DIR=str(data), PROMPT_DATA_DIR=str(data), LM_DATA_DIR=str(data), SAVE_DIR=str(save_dir),
                NUM_GPUS="1", BATCH_SIZE="4", GRAD_ACC="1", NUM_ROLLOUTS="16", CHUNK_SIZE="8", PPO_EPOCHS="2",
                MAX_STEPS="8", EVAL_INTERVAL="4", LR="1e-4", WARMUP_STEPS="1", MAX_NEW_TOKENS="6",

@@ -155,7 +155,8 @@ def main(argv=None) -> None:
     print(f"teacher calls per cycle: {mean['encoder_calls']:.0f} encoder passes ({mean['encoder_calls'] / batches:.2f} "
           f"per sampling batch) and {mean['decoder_calls']:.0f} incremental decoder steps "
           f"({mean['decoder_calls'] / (batches * args.max_new_tokens):.2f} per sampled position): teacher passes per "
-          f"rollout sample {mean['encoder_calls'] / batches:.2f} (the reference: 1 + ppo_epochs = {1 + args.ppo_epochs})")
+          f"rollout sample {mean['encoder_calls'] / batches:.2f} (the reference: 1 + ppo_epochs = "
+          f"{1 + args.ppo_epochs})")
 
 
 if __name__ == "__main__":

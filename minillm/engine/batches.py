@@ -133,8 +133,10 @@ class RolloutBatches:
                 + (", the student's and the teacher's parameters gathered once per collection (ZeRO-3)"
                    if self.gather else "")
                 + (", WARNING: ZeRO-3 without gathering the student's and teacher's parameters for sampling (they do "
-                   "not fit in 80 % of the free accelerator memory, or --no-gather-for-sampling): decoding in lockstep, "
-                   "gathering layer by layer at every call (slower)" if self.zero3 and not self.gather else "") + (", LM term on gold pairs" if self.lm is not None else ""))
+                   "not fit in 80 % of the free accelerator memory, or --no-gather-for-sampling): decoding in "
+                   "lockstep, "
+                   "gathering layer by layer at every call (slower)" if self.zero3 and not self.gather else "")
+                + (", LM term on gold pairs" if self.lm is not None else ""))
 
     def _prompt_indices(self, collection: int) -> list[int]:
         """Positions ``collection x num_rollouts + rank``, ``+ world_size``, ... of the prompt stream: pass e over

@@ -3,8 +3,9 @@
 Per optimizer step: a batch source (:mod:`minillm.engine.batches`) gives each rank its ``grad_acc`` micro-batches,
 fixed by the seed and the step: length-bucketed rows of the global batch (``batch_size x processes x grad_acc``
 examples) for SFT, KD and SeqKD, or stored rollouts, collected with the current student every few steps, for
-on-policy objectives (MiniLLM); the objective returns summed losses; the loop divides by the unit count of the *global* batch (one all-reduce of a scalar), so
-the update is the same whatever the split over processes and accumulation steps:
+on-policy objectives (MiniLLM); the objective returns summed losses; the loop divides by the unit count of the *global*
+batch (one all-reduce of a scalar), so the update is the same whatever the split over processes and accumulation
+steps:
 
     loss passed to DeepSpeed = loss_sum x (world_size x grad_acc) / N_global
 

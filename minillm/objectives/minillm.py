@@ -81,9 +81,10 @@ class MiniLLMObjective(Objective):
     def collect(self, model, prompt_batches: list[dict], generator: torch.Generator | None = None,
                 all_reduce_sum=None, all_done=None) -> tuple[dict, dict]:
         """Sample a rollout for every prompt of ``prompt_batches`` (dicts with input_ids and attention_mask on the
-        model's device; ``all_done`` as in :func:`sample_rollouts`) and prepare them for the PPO epochs. Returns ``(store, stats)``: the store holds the
-        :class:`Rollouts` fields plus rewards, advantages and weights, all ``[N, ...]``; stats are sums over this
-        process's rollouts (reward, rev_kl_k3, mixed_length, sequences, tokens) for the engine to reduce and log."""
+        model's device; ``all_done`` as in :func:`sample_rollouts`) and prepare them for the PPO epochs. Returns
+        ``(store, stats)``: the store holds the :class:`Rollouts` plus rewards, advantages and weights ``[N, T]``;
+        stats are sums over this process's rollouts (reward, rev_kl_k3, mixed_length, sequences, tokens) for the
+        engine to reduce and log."""
         parts = [sample_rollouts(model, self.teacher, b["input_ids"], b["attention_mask"], self.sampling,
                                  self.adapter.decoder_start_token_id, self.adapter.eos_token_id,
                                  self.adapter.pad_token_id, generator, self.teacher_topk, all_done)
@@ -125,7 +126,9 @@ class MiniLLMObjective(Objective):
                                        self.config.cliprange or None)
         single = torch.zeros_like(pg)
         if self.config.single_step_reg:
-            student_dist = log_dist if rollouts.teacher_dist_ids is None else coarsen(log_dist, rollouts.teacher_dist_ids)
+            student_dist = log_dist
+            if rollouts.teacher_dist_ids is not None:  # the teacher kept as top-k plus remainder: the same bins
+                student_dist = coarsen(log_dist, rollouts.teacher_dist_ids)
             single = reverse_kl(student_dist, rollouts.teacher_log_dist, mask, reduction="none")
         return {"pg": pg, "single": single, "clipped": clipped, "logprobs": logprobs}
 

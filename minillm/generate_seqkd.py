@@ -36,7 +36,7 @@ from .data.indexed_dataset import ShardedIndexedDataset
 from .data.seq2seq import read_meta
 from .engine.distributed import device_for, init_distributed
 from .evaluation import parse_answer
-from .models.adapter import IGNORE_INDEX, Seq2SeqAdapter, pad_right
+from .models.adapter import IGNORE_INDEX, Seq2SeqAdapter, collate_prompts
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -97,9 +97,9 @@ def generate_share(model, adapter, prompts: list[np.ndarray], indices: list[int]
     outputs = {}
     for start in range(0, len(order), args.batch_size):
         batch = order[start:start + args.batch_size]
-        input_ids = pad_right([prompts[i] for i in batch], adapter.pad_token_id).to(device)
-        attention_mask = pad_right([np.ones(len(prompts[i])) for i in batch], 0).to(device)
-        targets = adapter.generate(model, input_ids, attention_mask, args.max_new_tokens, **decoding).cpu()
+        encoder_side = collate_prompts([prompts[i] for i in batch], adapter.pad_token_id)
+        targets = adapter.generate(model, encoder_side["input_ids"].to(device),
+                                   encoder_side["attention_mask"].to(device), args.max_new_tokens, **decoding).cpu()
         targets = targets.view(len(batch), args.num_samples, -1)
         for row, i in enumerate(batch):
             outputs[i] = [[int(t) for t in sample if t != IGNORE_INDEX] for sample in targets[row]]

@@ -15,7 +15,7 @@ import torch
 
 from ..data.indexed_dataset import ShardedIndexedDataset
 from ..data.seq2seq import bucketed_batches, rank_slice
-from ..models.adapter import collate, pad_right
+from ..models.adapter import collate, collate_prompts
 from .distributed import all_reduce_sum, all_reduce_sum_
 
 
@@ -70,9 +70,8 @@ class Prompts:
 def prompt_batches(prompts: list[np.ndarray], size: int, pad_token_id: int, device) -> list[dict]:
     """Prompts sorted by length (little padding) and cut into padded batches of ``size`` on ``device``."""
     ordered = sorted(prompts, key=len)
-    return [{"input_ids": pad_right(chunk, pad_token_id).to(device),
-             "attention_mask": pad_right([np.ones(len(p)) for p in chunk], 0).to(device)}
-            for chunk in (ordered[s:s + size] for s in range(0, len(ordered), size))]
+    return [{k: v.to(device) for k, v in collate_prompts(ordered[s:s + size], pad_token_id).items()}
+            for s in range(0, len(ordered), size)]
 
 
 def gather_fits(models: list, device) -> bool:

@@ -77,9 +77,13 @@ def pad_right(sequences: list, value: int, dtype=torch.long) -> torch.Tensor:
     return out
 
 
+def collate_prompts(prompts, pad_token_id: int) -> dict:
+    """Prompt id sequences -> right-padded ``input_ids`` and ``attention_mask`` (the encoder side of a batch)."""
+    return {"input_ids": pad_right(prompts, pad_token_id),
+            "attention_mask": pad_right([[1] * len(p) for p in prompts], 0)}
+
+
 def collate(examples: list[tuple], pad_token_id: int) -> dict:
     """(prompt ids, target ids) pairs -> a padded batch in the adapter convention."""
     prompts, targets = zip(*examples)
-    input_ids = pad_right(prompts, pad_token_id)
-    attention_mask = pad_right([[1] * len(p) for p in prompts], 0)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": pad_right(targets, IGNORE_INDEX)}
+    return {**collate_prompts(prompts, pad_token_id), "labels": pad_right(targets, IGNORE_INDEX)}

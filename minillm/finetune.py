@@ -1,7 +1,8 @@
-"""The DeepSpeed entrypoint: ``deepspeed [launcher flags] --module minillm.finetune [flags]``.
+"""The DeepSpeed entrypoint: ``python -m minillm.finetune [flags]`` for one process, or under a launcher
+(``torchrun [flags] --module minillm.finetune ...``, ``deepspeed [flags] --module minillm.finetune ...``).
 
-The t5-scripts call it through ``launch_training`` in ``t5-scripts/common.sh``; ``python -m minillm.finetune ...``
-runs one process without a launcher. ``--help`` lists every flag (see :mod:`minillm.engine.config`).
+The t5-scripts call it through ``launch_training`` in ``t5-scripts/common.sh``, which picks the launcher.
+``--help`` lists every flag (see :mod:`minillm.engine.config`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """SeqKD data: the teacher's output for every training prompt.
 
-    deepspeed [launcher flags] --module minillm.generate_seqkd --model-path TEACHER --data-dir GOLD --out-dir GEN
+    torchrun [launcher flags] --module minillm.generate_seqkd --model-path TEACHER --data-dir GOLD --out-dir GEN
 
-(``t5-scripts/tools/generate_data_seqkd.sh`` wraps it; plain ``python -m`` runs one process.)
+(``t5-scripts/tools/generate_data_seqkd.sh`` wraps it through ``launch_module``; plain ``python -m`` runs one
+process, the ``deepspeed`` launcher several nodes.)
 
 Input: a processed gold data folder (``process_data_anli.sh``): prompts from its ``prompt/{round}/{split}`` shards,
 exactly the ids a student is trained on, and the examples' records from ``text/{round}/{split}.jsonl`` (same order).

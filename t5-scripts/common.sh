@@ -17,27 +17,33 @@ default_precision() {
   python -c "import torch; print('bf16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'fp32')"
 }
 
-# launch_module MODULE [FLAGS...]: start `python -m MODULE FLAGS...` in NUM_GPUS processes per node under the DeepSpeed
-# launcher (multi-node with HOSTFILE). Environment:
+# launch_module MODULE [FLAGS...]: run `python -m MODULE FLAGS...` in NUM_GPUS processes per node. One process on one
+# node runs as plain python (a world of one); several run under torchrun (the launcher MiniLLM's own scripts use);
+# with HOSTFILE the DeepSpeed launcher starts them on every node it lists. Each launcher costs seconds of start-up,
+# so the lightest one that can do the job is used. Environment:
 #   NUM_GPUS [1] processes per node   NUM_NODES [1]   HOSTFILE (multi-node; see configs/hostfiles/)
-#   MASTER_PORT [random free-ish]      LAUNCHER_ARGS (more deepspeed launcher flags, e.g. "--no_ssh --node_rank 1")
+#   MASTER_PORT [random free-ish; one process: a free one]
+#   LAUNCHER_ARGS (more launcher flags: torchrun's on one node, e.g. "--log-dir LOGS", which also selects torchrun
+#   for one process; deepspeed's with HOSTFILE, e.g. "--no_ssh --node_rank 1")
+#   OMP_NUM_THREADS [the node's cores divided by NUM_GPUS, at least 1: the processes share the cores]
 launch_module() {
   local module="$1"; shift
   local num_gpus="${NUM_GPUS:-1}" num_nodes="${NUM_NODES:-1}"
   local port="${MASTER_PORT:-$((20000 + RANDOM % 20000))}"
-  local launcher=(deepspeed --master_port "$port" --no_local_rank --num_gpus "$num_gpus")
+  read -ra launcher_extra <<< "${LAUNCHER_ARGS:-}"
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / num_gpus > 0 ? $(nproc) / num_gpus : 1 ))}"
   if [[ -n "${HOSTFILE:-}" ]]; then
-    launcher+=(--hostfile "$HOSTFILE" --num_nodes "$num_nodes")
+    deepspeed --master_port "$port" --no_local_rank --num_gpus "$num_gpus" --hostfile "$HOSTFILE" \
+      --num_nodes "$num_nodes" "${launcher_extra[@]}" --module "$module" "$@"
   elif [[ "$num_nodes" != 1 ]]; then
     echo "launch_module: NUM_NODES=$num_nodes needs HOSTFILE (examples in $BASE/configs/hostfiles/)" >&2
     exit 2
+  elif [[ "$num_gpus" == 1 && ${#launcher_extra[@]} == 0 ]]; then
+    python -m "$module" "$@"  # picks a free port itself unless MASTER_PORT is set
+  else
+    torchrun --nproc-per-node "$num_gpus" --master-addr 127.0.0.1 --master-port "$port" "${launcher_extra[@]}" \
+      --module "$module" "$@"
   fi
-  read -ra launcher_extra <<< "${LAUNCHER_ARGS:-}"
-  # Without GPUs the processes share the CPU cores: split them, or the threads oversubscribe.
-  if [[ -z "${OMP_NUM_THREADS:-}" ]] && ! python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
-    export OMP_NUM_THREADS=$(( $(nproc) / num_gpus > 0 ? $(nproc) / num_gpus : 1 ))
-  fi
-  "${launcher[@]}" "${launcher_extra[@]}" --module "$module" "$@"
 }
 
 # launch_training [FLAGS...]: start minillm.finetune through launch_module.

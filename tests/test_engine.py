@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from minillm.data.seq2seq import Seq2SeqExamples, bucketed_batches
+from minillm.data.seq2seq import bucketed_batches
 from minillm.engine.config import parse_config
 from minillm.engine.deepspeed_config import check_precision, load_deepspeed_config
 from minillm.engine.trainer import lr_factor
@@ -254,28 +254,3 @@ def test_two_simulated_nodes_match_one_node_with_two_processes(tiny_setup, tmp_p
     one_node, two_nodes = weights(tmp_path / "one_node" / "last"), weights(tmp_path / "two_nodes" / "last")
     moved = max_difference(one_node, load_file(str(tiny_setup["models"] / "tiny-student" / "model.safetensors")))
     assert max_difference(two_nodes, one_node) < 1e-6 * moved
-
-
-def test_sft_learns_round_one_well_above_chance(tmp_path):
-    """The tiny student, trained by sft_small.sh on the synthetic r1 train split (3,000 examples), beats a model that
-    knows only the answer format and the label shares, in dev loss and in rank-classification accuracy."""
-    work = tmp_path / "setup"
-    done = subprocess.run(["bash", str(REPO / "t5-scripts" / "run_default.sh"), str(REPO)], capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, WORK=str(work), SKIP_TRAINING="1"))
-    assert_ok(done)
-    setup = {"data_dir": work / "processed_data" / "synthetic_nli", "models": work / "models"}
-    assert_ok(run_sft(setup, tmp_path / "run", BATCH_SIZE=16, LR="1e-3", EPOCHS=5, MAX_STEPS=0, EVAL_INTERVAL=0,
-                      WARMUP_STEPS=30, EXTRA_ARGS="--train-round r1 --eval-rounds r1 --eval-max-examples 300 "
-                                                  "--no-eval-generate --log-interval 50", timeout=600))
-
-    # The label-prior model: the right answer format, then ln 3 on the first token of every target. Its per-token
-    # loss is (sum over examples of ln 3) / (target tokens), about 0.31 here.
-    examples = Seq2SeqExamples(setup["data_dir"], "r1", "dev")
-    target_tokens = sum(len(examples[i][1]) for i in range(300))
-    prior_loss = 300 * np.log(3) / target_tokens
-    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in evals if r.get("split") == "dev"]
-    assert len(evals) == 5
-    final = evals[-1]
-    assert final["loss"] < 0.9 * prior_loss, (final["loss"], prior_loss)
-    assert final["accuracy_rank"] >= 45.0, [r["accuracy_rank"] for r in evals]  # chance: 33.3 (300 examples)

@@ -93,11 +93,13 @@ class MiniLLMObjective(Objective):
         rewards, advantages, weights = self.advantages(rollouts, all_reduce_sum)
         mask = rollouts.mask
         lengths = mask.sum(-1).clamp(min=1)
-        # sums over rollouts of: the per-token mean reward, the per-token k3 reverse-KL estimate (on the mixed
-        # samples: an estimate of KL(q || p) only at alpha = 0) and the length
-        stats = {"reward": float((rewards.sum(-1) / lengths).sum()),
-                 "rev_kl_k3": float((k3_reverse_kl(rollouts.teacher_logprobs, rollouts.old_logprobs, mask).sum(-1)
-                                  / lengths).sum()),
+        # sums over rollouts of: the per-token mean reward, the per-token mean k3 reverse-KL estimate and the
+        # length. k3 is weighted by w_t = q_old / mixture: for y_t drawn from the mixture m, E_m[w_t k3_t] =
+        # KL(q_t || p_t) at the visited prefix. Unweighted, it estimates nothing for alpha > 0 and explodes when the
+        # teacher's share draws a token the student gives almost no mass (p / q huge); weighted, w_t k3_t stays
+        # below about 1 / alpha there.
+        k3 = weights * k3_reverse_kl(rollouts.teacher_logprobs, rollouts.old_logprobs, mask)
+        stats = {"reward": float((rewards.sum(-1) / lengths).sum()), "rev_kl_k3": float((k3.sum(-1) / lengths).sum()),
                  "mixed_length": float(mask.sum()), "sequences": float(len(rollouts)), "tokens": float(mask.sum())}
         store = {"rollouts": rollouts, "rewards": rewards, "advantages": advantages, "weights": weights}
         return store, stats

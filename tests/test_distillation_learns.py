@@ -12,6 +12,7 @@ Chance is 33.3 %; a model that only knows the label shares scores at most the ma
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,7 @@ def setup(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("learning")
     run("run_default.sh", WORK=work, SKIP_TRAINING=1)
     models = work / "models"
-    subprocess.run(["python", str(REPO / "tools" / "make_tiny_models.py"), "--out", str(work / "teacher_init"),
+    subprocess.run([sys.executable, str(REPO / "tools" / "make_tiny_models.py"), "--out", str(work / "teacher_init"),
                     "--presets", "tiny-student", "--tokenizer", str(models / "tokenizer"), "--seed", "1"],
                    check=True, capture_output=True, timeout=120)
     return {"work": work, "data_dir": work / "processed_data" / "synthetic_nli", "student": models / "tiny-student",

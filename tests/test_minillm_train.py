@@ -1,5 +1,5 @@
 """--type minillm on the shared engine, through t5-scripts/minillm/*.sh (tiny untrained models: plumbing, logging,
-sharding and refusals; learning is checked by the main job's test)."""
+sharding and refusals; learning is checked by test_distillation_learns.py)."""
 
 import json
 import os

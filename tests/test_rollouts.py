@@ -85,6 +85,13 @@ def test_recorded_logprobs_equal_teacher_forced_logprobs(models, name):
         assert bool((kept <= 5).all()) and bool((kept >= 1).all())
 
 
+def first_position_log_dists(models, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log q and log p of the first target token after ``prompt`` ``[1, L]``, pad banned (the sampler's support)."""
+    first = {"input_ids": prompt, "attention_mask": torch.ones_like(prompt), "labels": torch.tensor([[EOS]])}
+    with torch.no_grad():
+        return tuple(torch.log_softmax(ban(adapter_for(m).logits(m, first)[0, 0], (PAD,)), -1) for m in models)
+
+
 def test_teacher_mixed_sampling_matches_the_mixture(models):
     """First-token frequencies over 40,000 draws against (1 - alpha) q + alpha p: a chi-square test."""
     student, teacher = models
@@ -94,11 +101,7 @@ def test_teacher_mixed_sampling_matches_the_mixture(models):
     settings = SamplingSettings(max_new_tokens=1, alpha=alpha, banned_ids=(PAD,))
     rollouts = sample_rollouts(student, teacher, input_ids, attention_mask, settings, PAD, EOS, PAD,
                                torch.Generator().manual_seed(0))
-    first = {"input_ids": input_ids[:1], "attention_mask": attention_mask[:1],
-             "labels": torch.tensor([[EOS]])}
-    with torch.no_grad():
-        q = torch.softmax(ban(adapter_for(student).logits(student, first)[0, 0], (PAD,)), -1)
-        p = torch.softmax(ban(adapter_for(teacher).logits(teacher, first)[0, 0], (PAD,)), -1)
+    q, p = (log_dist.exp() for log_dist in first_position_log_dists(models, input_ids[:1]))
     mixture = ((1 - alpha) * q + alpha * p).double()
     counts = torch.bincount(rollouts.labels[:, 0], minlength=VOCAB).double()
     assert counts[PAD] == 0
@@ -121,11 +124,7 @@ def test_logged_reverse_kl_is_importance_weighted(models):
     input_ids = torch.tensor([[5, 7, 3, EOS]]).expand(n, -1)
     _, stats = objective.collect(student, [{"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}],
                                  torch.Generator().manual_seed(0))
-    first = {"input_ids": input_ids[:1], "attention_mask": torch.ones_like(input_ids[:1]),
-             "labels": torch.tensor([[EOS]])}
-    with torch.no_grad():
-        log_q = torch.log_softmax(ban(adapter_for(student).logits(student, first)[0, 0], (PAD,)), -1).double()
-        log_p = torch.log_softmax(ban(adapter_for(teacher).logits(teacher, first)[0, 0], (PAD,)), -1).double()
+    log_q, log_p = (log_dist.double() for log_dist in first_position_log_dists(models, input_ids[:1]))
     q, p = log_q.exp()[1:], log_p.exp()[1:]  # without the banned pad
     mixture = (1 - alpha) * q + alpha * p
     d = log_p[1:] - log_q[1:]

@@ -133,8 +133,7 @@ class RolloutBatches:
                    if self.gather else "")
                 + (", WARNING: ZeRO-3 without gathering the student's and teacher's parameters for sampling (they do "
                    "not fit in 80 % of the free accelerator memory, or --no-gather-for-sampling): decoding in "
-                   "lockstep, "
-                   "gathering layer by layer at every call (slower)" if self.zero3 and not self.gather else "")
+                   "lockstep, gathering layer by layer at every call (slower)" if self.zero3 and not self.gather else "")
                 + (", LM term on gold pairs" if self.lm is not None else ""))
 
     def _prompt_indices(self, collection: int) -> list[int]:

@@ -1,12 +1,13 @@
-"""Evaluate one checkpoint on ANLI (see :mod:`minillm.evaluation` for what is computed), in a single process.
+"""Evaluate checkpoints on ANLI (see :mod:`minillm.evaluation` for what is computed), one after another in a
+single process (the interpreter and its imports start once, not once per checkpoint).
 
-    python -m minillm.evaluate --model-path CKPT --data-dir DIR [--split test] [--rounds r1 r2 r3]
+    python -m minillm.evaluate --model-path CKPT [CKPT ...] --data-dir DIR [--split test] [--rounds r1 r2 r3]
         [--batch-size 32] [--max-new-tokens 16] [--no-generate] [--max-examples N] [--dtype fp32|bf16]
         [--tokenizer-path TOK] [--out-dir DIR]
 
-Prints the per-round table and writes ``results.json`` and ``predictions.jsonl`` to ``--out-dir``
-(default ``CKPT/eval/SPLIT``). Runs on the GPU when there is one. Bad input is reported in one line on stderr
-with exit status 2.
+Prints each checkpoint's per-round table and writes its ``results.json`` and ``predictions.jsonl`` to
+``CKPT/eval/SPLIT`` (or ``--out-dir``, with a single checkpoint), then a one-line summary per checkpoint. Runs on
+the GPU when there is one. Bad input is reported in one line on stderr with exit status 2.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class InputError(Exception):
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m minillm.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--model-path", required=True, help="checkpoint folder (Hugging Face layout)")
+    parser.add_argument("--model-path", required=True, nargs="+",
+                        help="checkpoint folder(s) (Hugging Face layout), evaluated in turn")
     parser.add_argument("--data-dir", required=True, help="output folder of process_data_anli.sh")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--rounds", nargs="+", default=list(ROUNDS), choices=ROUNDS, help="rounds (default: all)")
@@ -43,8 +45,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="model weights dtype")
     parser.add_argument("--tokenizer-path", default=None,
                         help="tokenizer used when the checkpoint folder has none")
-    parser.add_argument("--out-dir", default=None, help="default: MODEL_PATH/eval/SPLIT")
+    parser.add_argument("--out-dir", default=None, help="with one --model-path only; default: MODEL_PATH/eval/SPLIT")
     args = parser.parse_args(argv)
+    if args.out_dir is not None and len(args.model_path) > 1:
+        parser.error(f"--out-dir takes one --model-path (got {len(args.model_path)}); drop it to write each "
+                     "checkpoint's results to CKPT/eval/SPLIT")
     for name in ("batch_size", "max_new_tokens", "max_examples"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -52,13 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load_model_and_tokenizer(args: argparse.Namespace):
+def load_model_and_tokenizer(model_path: Path, args: argparse.Namespace):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    model_path = Path(args.model_path)
-    if not (model_path / "config.json").is_file():
-        raise InputError(f"--model-path {model_path}: no config.json there; give a checkpoint folder")
     has_tokenizer = any((model_path / name).is_file() for name in TOKENIZER_FILES)
     tokenizer_path = model_path if has_tokenizer else args.tokenizer_path
     if tokenizer_path is None:
@@ -80,29 +82,44 @@ def _first_line(err: Exception, limit: int = 200) -> str:
     return f"{type(err).__name__}: {lines[0][:limit] if lines else ''}"
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        meta = read_meta(args.data_dir)
-        check_split(args.data_dir, args.split, args.rounds)  # before the (slow) model load
-        model, tokenizer = load_model_and_tokenizer(args)
-        if meta["vocab_size"] > model.config.vocab_size:
-            raise InputError(f"--data-dir {args.data_dir} was tokenised with {meta['vocab_size']} tokens but the "
-                             f"model has {model.config.vocab_size} logits: wrong tokenizer for this model")
-        model.to("cuda" if torch.cuda.is_available() else "cpu")
-        result = evaluate(model, tokenizer, args.data_dir, split=args.split, rounds=args.rounds,
-                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, generate=args.generate,
-                          max_examples=args.max_examples)
-    except (InputError, FileNotFoundError) as err:
-        print(f"minillm.evaluate: error: {err}", file=sys.stderr)
-        return 2
-    out_dir = Path(args.out_dir) if args.out_dir else Path(args.model_path) / "eval" / args.split
+def evaluate_checkpoint(model_path: Path, meta: dict, args: argparse.Namespace) -> dict:
+    """Score one checkpoint, print its table and write its results; returns the results."""
+    model, tokenizer = load_model_and_tokenizer(model_path, args)
+    if meta["vocab_size"] > model.config.vocab_size:
+        raise InputError(f"--data-dir {args.data_dir} was tokenised with {meta['vocab_size']} tokens but "
+                         f"{model_path} has {model.config.vocab_size} logits: wrong tokenizer for this model")
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    result = evaluate(model, tokenizer, args.data_dir, split=args.split, rounds=args.rounds,
+                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, generate=args.generate,
+                      max_examples=args.max_examples)
+    out_dir = Path(args.out_dir) if args.out_dir else model_path / "eval" / args.split
     write_results(result, out_dir)
-    print(f"{args.model_path} on {args.split}:")
+    print(f"{model_path} on {args.split}:")
     print(format_table(result))
     for example in result["overall"]["unparsed_examples"] or []:
         print(f"unparsed generation, uid {example['uid']}: {example['generated']!r}")
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'predictions.jsonl'}")
+    return result
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    model_paths = [Path(path) for path in args.model_path]
+    summary = []
+    try:
+        meta = read_meta(args.data_dir)
+        check_split(args.data_dir, args.split, args.rounds)  # before the (slow) model loads
+        for model_path in model_paths:
+            if not (model_path / "config.json").is_file():
+                raise InputError(f"--model-path {model_path}: no config.json there; give a checkpoint folder")
+        for model_path in model_paths:
+            result = evaluate_checkpoint(model_path, meta, args)
+            rounds = "  ".join(f"{name} {r['accuracy_rank']:.2f}" for name, r in result["rounds"].items())
+            summary.append(f"{model_path}: overall {result['overall']['accuracy_rank']:.2f}  ({rounds})")
+    except (InputError, FileNotFoundError) as err:
+        print(f"minillm.evaluate: error: {err}", file=sys.stderr)
+        return 2
+    print(f"\n== summary: accuracy (rank classification) on {args.split}", *summary, sep="\n")
     return 0
 
 

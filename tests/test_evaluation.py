@@ -7,6 +7,7 @@ generations name options.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -249,6 +250,19 @@ def test_cli_bad_input(setup, tmp_path, flags, message):
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
     assert [line for line in done.stderr.splitlines() if line.startswith("minillm.evaluate: error:")]
+
+
+def test_cli_checks_every_checkpoint_before_evaluating_any(setup, tmp_path):
+    good = tmp_path / "good"
+    shutil.copytree(setup["models"] / "tiny-student", good)
+    args = ["--data-dir", str(setup["data_dir"]), "--split", "dev", "--max-examples", "2", "--no-generate"]
+    done = run([sys.executable, "-m", "minillm.evaluate", "--model-path", str(good), str(tmp_path / "absent"), *args])
+    assert done.returncode == 2 and "absent: no config.json" in done.stderr and "Traceback" not in done.stderr
+    assert not (good / "eval").exists()  # the first was not scored before the second was found missing
+
+    done = run([sys.executable, "-m", "minillm.evaluate", "--model-path", str(good), str(good), *args,
+                "--out-dir", str(tmp_path / "out")])
+    assert done.returncode == 2 and "--out-dir takes one --model-path (got 2)" in done.stderr
 
 
 def test_run_eval_script(setup):

@@ -75,8 +75,8 @@ STUDENT_STEPS="${STUDENT_STEPS:-500}"
 
 step "5/11 SFT of the tiny teacher with the teacher recipe (sft_xl.sh) -> $RESULTS/sft/teacher"
 # The teacher (5x the student's parameters, one more layer each side) trains four times as long as the students, at
-# a third of their rate with a longer warmup: at 1e-3 it reached 52-57 % on r1 dev in 2,000 steps, at 2e-3 it sat
-# near chance for a thousand, at 7e-4 (warmup 100) 69 %.
+# a third of their rate with a longer warmup: at 1e-3 it reached 52-57 % on r1 dev in 1,500-3,000 steps, at 2e-3 it
+# sat near chance for a thousand, at 7e-4 (warmup 100) 64-69 % in 2,000.
 train_tiny sft/sft_xl.sh "$MODELS/tiny-teacher" "$RESULTS/sft/teacher" "$TEACHER_STEPS" 7e-4 100
 
 step "6/11 SFT of the tiny student with the student recipe (sft_small.sh) -> $RESULTS/sft/student"

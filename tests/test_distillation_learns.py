@@ -1,11 +1,11 @@
 """Learning, not plumbing: on the synthetic set's round 1, a tiny teacher trained by the teacher recipe, then KD,
 SeqKD and MiniLLM students trained from it through the real scripts on CPU, each scored on 300 r1 dev examples.
 
-Round 1 (one fact per premise, the shortest prompts) is the part of the embedded default that a tiny model learns in
-about a minute on two cores; the full data set needs the main job's tens of minutes (README). To keep the module
-within a few minutes every model is the student's shape (the teacher is that shape with another initialisation,
-trained four times as long as the students), batches are 16 and the rate is 2e-3, the fastest-learning setting of a
-small sweep.
+Round 1 (one fact per premise, the shortest prompts) is the part of the synthetic set that a tiny model learns in
+about a minute on two cores, and what the main job trains on (all three rounds need tens of minutes, README). The
+students' steps and settings are the main job's (500 steps of 16 at lr 2e-3, the fastest-learning setting of a small
+sweep); to keep the module within a few minutes the teacher is the student's shape with another initialisation
+(2.5x cheaper per step than the tiny-teacher preset), trained for the main job's 2,000 steps at the students' rate.
 Chance is 33.3 %; a model that only knows the label shares scores at most the majority share, also about 33 %.
 """
 

@@ -76,3 +76,12 @@ def test_default_job_end_to_end(tmp_path, repo_root):
     assert [r["step"] for r in evals] == [0, 40, 80] and evals[-1]["rev_kl"] < evals[0]["rev_kl"]
     assert [r["collection"] for r in minillm_log if "collection" in r] == list(range(5))  # 16 steps per collection
     assert all({"pg", "single", "lm", "clip_frac"} <= set(r) for r in minillm_log if "padding" in r)
+
+
+def test_unknown_training_round_is_refused_before_any_work(tmp_path, repo_root):
+    done = subprocess.run(["bash", str(repo_root / "t5-scripts" / "run_default.sh"), str(repo_root)],
+                          env=dict(os.environ, WORK=str(tmp_path / "work"), TRAIN_ROUND="r4"), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["run_default.sh: TRAIN_ROUND=r4; use r1, r2, r3 or all"]
+    assert not (tmp_path / "work").exists()

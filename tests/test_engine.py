@@ -1,6 +1,7 @@
 """The training engine (minillm/engine, minillm/finetune.py) driven through the real t5-scripts/sft scripts.
 
-Every run here is a process group on CPU (gloo) started by the scripts' launch logic (t5-scripts/common.sh), on the tiny embedded-default setup.
+Every run here is a process group on CPU (gloo) started by the scripts' launch logic (t5-scripts/common.sh), on
+the tiny embedded-default setup.
 """
 
 import json

@@ -17,19 +17,24 @@ default_precision() {
   python -c "import torch; print('bf16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'fp32')"
 }
 
+# free_port: a TCP port nothing listens on now (the OS picks it), for the rendezvous of the processes of one node.
+free_port() {
+  python -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
+}
+
 # launch_module MODULE [FLAGS...]: run `python -m MODULE FLAGS...` in NUM_GPUS processes per node. One process on one
 # node runs as plain python (a world of one); several run under torchrun (the launcher MiniLLM's own scripts use);
 # with HOSTFILE the DeepSpeed launcher starts them on every node it lists. Each launcher costs seconds of start-up,
 # so the lightest one that can do the job is used. Environment:
 #   NUM_GPUS [1] processes per node   NUM_NODES [1]   HOSTFILE (multi-node; see configs/hostfiles/)
-#   MASTER_PORT [random free-ish; one process: a free one]
+#   MASTER_PORT [a port free on this node; set it on every node when each runs its own launcher (--no_ssh)]
 #   LAUNCHER_ARGS (more launcher flags: torchrun's on one node, e.g. "--log-dir LOGS", which also selects torchrun
 #   for one process; deepspeed's with HOSTFILE, e.g. "--no_ssh --node_rank 1")
 #   OMP_NUM_THREADS [the node's cores divided by NUM_GPUS, at least 1: the processes share the cores]
 launch_module() {
   local module="$1"; shift
   local num_gpus="${NUM_GPUS:-1}" num_nodes="${NUM_NODES:-1}"
-  local port="${MASTER_PORT:-$((20000 + RANDOM % 20000))}"
+  local port="${MASTER_PORT:-$(free_port)}"
   read -ra launcher_extra <<< "${LAUNCHER_ARGS:-}"
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / num_gpus > 0 ? $(nproc) / num_gpus : 1 ))}"
   if [[ -n "${HOSTFILE:-}" ]]; then

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # The test command: installs if needed, then runs the whole suite offline on CPU.
 #   bash tests/run.sh [pytest args]
+# TEST_WORKERS [2] pytest processes (pytest-xdist; each test file runs whole in one of them, so a module's fixtures
+# are built once); OMP_NUM_THREADS [cores / TEST_WORKERS, at least 1] torch threads in each worker and in the
+# processes the tests start (the workers share the cores).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$REPO/install.sh"
 if [[ "${USE_ACTIVE_ENV:-0}" != "1" ]]; then source "$REPO/.venv/bin/activate"; fi
+WORKERS="${TEST_WORKERS:-2}"  # 0: no worker processes, the tests run in pytest's own process
+CORES_EACH=$(( $(nproc) / (WORKERS > 1 ? WORKERS : 1) ))
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=true
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( CORES_EACH > 0 ? CORES_EACH : 1 ))}"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 cd "$REPO"
-exec python -m pytest tests "$@"
+exec python -m pytest tests -n "$WORKERS" --dist loadfile "$@"

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -230,6 +231,69 @@ def test_fp16_with_t5_is_refused(tiny_setup, tmp_path):
     done = run_sft(tiny_setup, tmp_path / "fp16", DS_CONFIG=fp16)
     assert done.returncode != 0
     assert "fp16 is not supported for t5" in done.stderr
+
+
+class _EngineStub:
+    """What save_checkpoint uses of a DeepSpeed engine (no ZeRO-3): the module and a state writer that, like
+    DeepSpeed's, creates the folder on rank 0 and ends in a barrier."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def zero_optimization_partition_weights(self) -> bool:
+        return False
+
+    def save_checkpoint(self, save_dir: str, tag: str, save_latest: bool) -> None:
+        if torch.distributed.get_rank() == 0:
+            Path(save_dir, tag).mkdir(parents=True)
+        torch.distributed.barrier()
+
+
+class _TokenizerStub:
+    def save_pretrained(self, folder) -> None:
+        Path(folder, "tokenizer.json").write_text("{}")
+
+
+def _save_with_a_slow_rank(rank, rendezvous, folder):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from minillm.engine import checkpoint
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    if rank == 1:  # rank 1 reaches its RNG file long after rank 0 has written everything it writes
+        rng_state = checkpoint._rng_state
+        checkpoint._rng_state = lambda: time.sleep(2.0) or rng_state()
+    model = T5ForConditionalGeneration(T5Config(vocab_size=32, d_model=8, d_kv=4, num_heads=2, d_ff=16,
+                                                num_layers=1, num_decoder_layers=1))
+    checkpoint.save_checkpoint(_EngineStub(model), _TokenizerStub(), Path(folder), args={}, trainer_state={},
+                               metrics=None, with_training_state=True)
+    torch.distributed.destroy_process_group()
+    os._exit(0)  # as in test_evaluation: skip finalisation, where gloo's threads can abort the process
+
+
+def test_checkpoint_waits_for_every_rank_before_the_rename(tmp_path):
+    folder = tmp_path / "last"
+    torch.multiprocessing.spawn(_save_with_a_slow_rank, nprocs=2, args=(tmp_path / "rendezvous", folder))
+    assert sorted(p.name for p in (folder / "training_state").iterdir()) == ["rng_rank0.pt", "rng_rank1.pt", "state"]
+    assert (folder / "model.safetensors").is_file() and not folder.with_name("last.tmp").exists()
+
+
+def test_process_group_start_leaves_nothing_in_dev_shm(tmp_path):
+    """Under the DeepSpeed launcher (which sets LOCAL_SIZE, the processes on this node: here all of them), DeepSpeed's
+    CPU shared-memory all-reduce would leave a 69 MB /dev/shm segment per process behind, named after the
+    rendezvous port; init_distributed keeps it from being set up."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm on this machine: nothing to leak into")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run([sys.executable, "-c", "from minillm.engine.distributed import init_distributed; "
+                           "print(init_distributed())"], env=dict(os.environ, MASTER_PORT=str(port), LOCAL_SIZE="1"),
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "(0, 1, 0)", done.stderr[-2000:]
+    assert [p.name for p in shm.iterdir() if f"_{port}_" in p.name] == []
 
 
 def test_two_simulated_nodes_match_one_node_with_two_processes(tiny_setup, tmp_path):

@@ -2,13 +2,13 @@
 
     INSTALL_BENCH=1 bash install.sh        # once: the benchmark-only pins (accelerate, for Seq2SeqTrainer)
     python tools/bench_sft_throughput.py [--steps 40] [--warmup-steps 5] [--batch-size 8] [--threads N] [--repeats 2]
-                                         [--preset flan-t5-small] [--anli ../shared/data/anli]
+                                         [--precisions bf16 fp32] [--preset flan-t5-small] [--anli ../shared/data/anli]
                                          [--tokenizer ../shared/tokenizers/flan-t5]
 
 What it does, all in a temporary folder (nothing is written to the repository or to shared/):
 
-1. the bf16 matrix-multiply peak of this machine: the best GFLOP/s of repeated large bf16 matmuls on all the cores
-   this process may use (``--threads``), or on the GPU;
+1. the matrix-multiply peak of this machine in each precision benchmarked: the best GFLOP/s of repeated large
+   matmuls on all the cores this process may use (``--threads``), or on the GPU;
 2. the real ANLI R1 dev prompts through the project's pipeline (Flan template, label targets, the real Flan-T5
    tokenizer); R1 dev also serves as ``train_r1``, the split the trainer trains on;
 3. a randomly initialised model of the preset's shape (untied head, vocabulary 32128);
@@ -16,7 +16,11 @@ What it does, all in a temporary folder (nothing is written to the repository or
    bf16 (``zero0_bf16.json`` on CPU, ``zero2_bf16.json`` on CUDA) and fp32, evaluation out of the way;
 5. ``Seq2SeqTrainer`` on the same weights and examples: bf16 (autocast) and fp32, ``group_by_length`` sampling,
    ``DataCollatorForSeq2Seq``, no saving, evaluation or reporting;
-6. the model FLOPs of our bf16 steps, from the model's shapes and the real token counts of the batches trained.
+6. the model FLOPs of our steps, from the model's shapes and the real token counts of the batches trained, as a
+   fraction of the peak of the precision they ran in.
+
+``--precisions fp32`` leaves bf16 out: on a CPU without bf16 instructions (AVX2 only) bf16 matmuls run tens of
+times slower than fp32 ones, and neither trainer would use them there.
 
 Throughput is taken over the steady-state steps (after ``--warmup-steps``): examples/s and real (non-padding
 prompt + target) tokens/s. Each training run is a separate process with ``--threads`` threads; the four runs are
@@ -53,17 +57,19 @@ def fail(message: str) -> None:
 
 # ------------------------------------------------------------------------------------------- 1. matmul peak
 
-def matmul_peak(device: str, threads: int) -> float:
-    """Best GFLOP/s of repeated bf16 ``n x n @ n x n`` products (2 n^3 FLOPs each) over a few large ``n``."""
+def matmul_peak(device: str, threads: int, precision: str) -> float:
+    """Best GFLOP/s of repeated ``n x n @ n x n`` products (2 n^3 FLOPs each) in ``precision`` over a few large
+    ``n``."""
     import torch
 
     torch.set_num_threads(threads)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     sizes, repeats = ((4096, 8192, 16384), 10) if device == "cuda" else ((2048, 3072, 4096), 5)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     best = 0.0
     for n in sizes:
-        a = torch.randn(n, n, dtype=torch.bfloat16, device=device)
-        b = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+        a = torch.randn(n, n, dtype=dtype, device=device)
+        b = torch.randn(n, n, dtype=dtype, device=device)
         a @ b  # first call: kernel selection and memory allocation
         sync()
         for _ in range(repeats):
@@ -240,6 +246,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(default 2)")
     p.add_argument("--threads", type=int, default=0, help="threads per run and for the peak (default: all cores "
                    "this process may use)")
+    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+                   help="precisions to benchmark (default: bf16 fp32)")
     p.add_argument("--preset", default="flan-t5-small", help="model shape from minillm.models.tiny.PRESETS "
                    "(default flan-t5-small; flan-t5-base for a GPU)")
     p.add_argument("--anli", type=Path, default=REPO.parent / "shared" / "data" / "anli")
@@ -288,8 +296,11 @@ def main(argv=None) -> None:
           f"({args.warmup_steps} warm-up steps left out); attention: ours "
           f"{'eager with the CPU dropout' if device == 'cpu' else 'sdpa'} (--attn-implementation auto, "
           "--fused-kernels), Seq2SeqTrainer transformers' default (sdpa)", flush=True)
-    peak = matmul_peak(device, threads)
-    print(f"bf16 matmul peak: {peak:,.0f} GFLOP/s", flush=True)
+    precisions = [p for p in PRECISIONS if p in args.precisions]
+    peaks = {}
+    for precision in precisions:
+        peaks[precision] = matmul_peak(device, threads, precision)
+        print(f"{precision} matmul peak: {peaks[precision]:,.0f} GFLOP/s", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench_sft_") as tmp:
         work = Path(tmp)
@@ -297,7 +308,7 @@ def main(argv=None) -> None:
         model_dir = prepare_model(args.preset, args.tokenizer, work)
         results = {}
         for repeat in range(args.repeats):
-            for precision in PRECISIONS:
+            for precision in precisions:
                 for name, run in (("ours", run_ours), ("HF Seq2SeqTrainer", run_hf)):
                     run_dir = work / f"run{repeat}"
                     run_dir.mkdir(exist_ok=True)
@@ -309,20 +320,23 @@ def main(argv=None) -> None:
                         results[name, precision] = r
         flops, tokens = trained_flops(model_dir, data_dir, args)
 
-    ours_bf16 = results["ours", "bf16"]
-    if tokens != round(ours_bf16["tokens"]):
-        fail(f"the rebuilt batches hold {tokens} real tokens but the trainer logged {ours_bf16['tokens']:.0f}")
-    achieved = flops / ours_bf16["seconds"] / 1e9
+    for precision in precisions:
+        if tokens != round(results["ours", precision]["tokens"]):
+            fail(f"the rebuilt batches hold {tokens} real tokens but the trainer logged "
+                 f"{results['ours', precision]['tokens']:.0f} ({precision})")
     print()
     print(f"{'trainer':<20} {'precision':<10} {'examples/s':>11} {'tokens/s':>10}")
     for (name, precision), r in results.items():
         print(f"{name:<20} {precision:<10} {r['examples'] / r['seconds']:>11.2f} {r['tokens'] / r['seconds']:>10,.0f}")
-    for precision in PRECISIONS:
+    for precision in precisions:
         ours, hf = results["ours", precision], results["HF Seq2SeqTrainer", precision]
         print(f"ours / HF, {precision}: {(ours['examples'] / ours['seconds']) / (hf['examples'] / hf['seconds']):.2f}x "
               f"examples/s, {(ours['tokens'] / ours['seconds']) / (hf['tokens'] / hf['seconds']):.2f}x tokens/s")
-    print(f"our bf16 training: {flops / ours_bf16['steps'] / 1e9:.1f} GFLOP/step, {achieved:,.0f} GFLOP/s = "
-          f"{achieved / peak:.1%} of the bf16 matmul peak ({peak:,.0f} GFLOP/s)")
+    for precision in precisions:
+        ours = results["ours", precision]
+        achieved = flops / ours["seconds"] / 1e9
+        print(f"our {precision} training: {flops / ours['steps'] / 1e9:.1f} GFLOP/step, {achieved:,.0f} GFLOP/s = "
+              f"{achieved / peaks[precision]:.1%} of the {precision} matmul peak ({peaks[precision]:,.0f} GFLOP/s)")
 
 
 if __name__ == "__main__":

@@ -68,6 +68,8 @@ def save_checkpoint(engine, tokenizer, folder: Path, *, args: dict, trainer_stat
         _write_json(tmp / "trainer_state.json", trainer_state)
         if metrics is not None:
             _write_json(tmp / "metrics.json", metrics)
+    barrier()  # every rank's files (its RNG state) are in NAME.tmp before it is renamed
+    if rank == 0:
         old = folder.with_name(folder.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if folder.exists():

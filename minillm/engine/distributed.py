@@ -15,11 +15,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _skip_cpu_shared_memory_all_reduce() -> None:
+    """Keep DeepSpeed from setting up its CPU shared-memory all-reduce when it starts the process group.
+
+    DeepSpeed 0.19 creates one 69 MB ``/dev/shm/deepspeed_allreduce_buffer_*`` segment per process there and never
+    unlinks it, so every CPU run leaves its segments behind until the machine reboots (hundreds of runs fill
+    ``/dev/shm``, which is memory). The kernel serves only ``inference_all_reduce`` (tensor-parallel inference),
+    which nothing here calls and which falls back to ``torch.distributed.all_reduce`` without it."""
+    import importlib
+
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+
 def init_distributed() -> tuple[int, int, int]:
     """Join the process group the launcher set up (``deepspeed``, ``torchrun``), or make a one-process group when
     the entrypoint runs as plain ``python``. Returns ``(rank, world_size, local_rank)``."""
     import deepspeed
 
+    _skip_cpu_shared_memory_all_reduce()
     if "RANK" not in os.environ:  # plain `python -m minillm.finetune`: a world of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))

@@ -56,7 +56,8 @@ launch_module() {
 # ${VAR:=default}, so every one of them can be overridden from the environment; FLAGS are the recipe's own flags
 # and EXTRA_ARGS (last, so it wins) the user's. Environment, besides launch_module's:
 #   DATA_DIR [BASE/processed_data/anli/flan-label]   DS_CONFIG [configs/deepspeed/zero${ZERO_STAGE}_${PRECISION}.json]
-#   ZERO_STAGE 0, 1, 2, 3, 2_offload, 3_offload   PRECISION [bf16 if the GPU has it, else fp32]    MAX_STEPS [0]  EVAL_INTERVAL [0]  SAVE_INTERVAL [0]
+#   ZERO_STAGE 0, 1, 2, 3, 2_offload, 3_offload   PRECISION [bf16 if the GPU has it, else fp32]
+#   MAX_STEPS [0]  EVAL_INTERVAL [0]  SAVE_INTERVAL [0]
 launch_training() {
   if [[ -z "${DS_CONFIG:-}" ]]; then
     PRECISION="${PRECISION:-$(default_precision)}"

@@ -273,7 +273,8 @@ def main(argv=None) -> None:
         return
 
     if importlib.util.find_spec("accelerate") is None:
-        fail("accelerate is missing (Seq2SeqTrainer needs it); install the benchmark pins: INSTALL_BENCH=1 bash install.sh")
+        fail("accelerate is missing (Seq2SeqTrainer needs it); install the benchmark pins: "
+             "INSTALL_BENCH=1 bash install.sh")
     dev = args.anli / "plain_text" / "dev_r1-00000-of-00001.parquet"
     if not dev.is_file():
         fail(f"{dev} not found: --anli must be the shared ANLI folder in the Hugging Face layout")

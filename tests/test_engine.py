@@ -7,7 +7,6 @@ the tiny embedded-default setup.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from safetensors.torch import load_file
 from minillm.data.seq2seq import bucketed_batches
 from minillm.engine.config import parse_config
 from minillm.engine.deepspeed_config import check_precision, load_deepspeed_config
+from minillm.engine.distributed import free_port
 from minillm.engine.trainer import lr_factor
 from minillm.evaluation import evaluate
 
@@ -286,9 +286,7 @@ def test_process_group_start_leaves_nothing_in_dev_shm(tmp_path):
     shm = Path("/dev/shm")
     if not shm.is_dir():
         pytest.skip("no /dev/shm on this machine: nothing to leak into")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     done = subprocess.run([sys.executable, "-c", "from minillm.engine.distributed import init_distributed; "
                            "print(init_distributed())"], env=dict(os.environ, MASTER_PORT=str(port), LOCAL_SIZE="1"),
                           capture_output=True, text=True, timeout=120, cwd=REPO)
@@ -303,9 +301,7 @@ def test_two_simulated_nodes_match_one_node_with_two_processes(tiny_setup, tmp_p
 
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     nodes = [subprocess.Popen(
         ["bash", str(REPO / "t5-scripts" / "sft" / "sft_small.sh"), str(REPO)],
         env=sft_env(tiny_setup, tmp_path / "two_nodes", NUM_GPUS=1, NUM_NODES=2, HOSTFILE=hostfile, BATCH_SIZE=4,

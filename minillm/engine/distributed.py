@@ -9,7 +9,8 @@ import torch
 import torch.distributed as dist
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -24,6 +25,7 @@ def _skip_cpu_shared_memory_all_reduce() -> None:
     which nothing here calls and which falls back to ``torch.distributed.all_reduce`` without it."""
     import importlib
 
+    # by module path: the package deepspeed.comm has an attribute `torch` (the torch library) that would shadow it
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
@@ -35,7 +37,7 @@ def init_distributed() -> tuple[int, int, int]:
     _skip_cpu_shared_memory_all_reduce()
     if "RANK" not in os.environ:  # plain `python -m minillm.finetune`: a world of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
     deepspeed.init_distributed(verbose=False)
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
 

@@ -1,5 +1,11 @@
 """The throughput benchmark's model-FLOP count (tools/bench_sft_throughput.py), checked against torch's own count of
-the matrix multiplies a T5 forward pass runs."""
+the matrix multiplies a T5 forward pass runs; the package list and refusals of its offline GPU kit
+(tools/offline_gpu_bench.sh)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import T5Config, T5ForConditionalGeneration
 
 from tools.bench_sft_throughput import forward_flops
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("prompt_length,target_length", [(7, 3), (12, 1)])
@@ -22,3 +30,53 @@ def test_forward_flops_equal_the_matmuls_torch_counts(prompt_length, target_leng
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(input_ids=input_ids, decoder_input_ids=decoder_input_ids, use_cache=False)
     assert forward_flops(config, prompt_length, target_length) == counter.get_total_flops()
+
+
+# ------------------------------------------------------------------------------------------- offline GPU kit
+
+def test_pinned_closure_pins_installed_versions_and_leaves_out_the_nodes_packages():
+    """tools/pinned_closure.py, as offline_gpu_bench.sh calls it: every requirement of the roots, transitively, at
+    its installed version; extras' requirements not followed; torch's whole closure and numpy left out."""
+    from importlib.metadata import requires, version
+
+    from packaging.utils import canonicalize_name
+
+    from tools.pinned_closure import closure, pinned_closure
+
+    pins = dict(pin.split("==") for pin in pinned_closure(["transformers", "deepspeed"], ["torch"], ["numpy"]))
+    # direct and second-level requirements, each at the version installed here
+    for name in ("transformers", "huggingface-hub", "tokenizers", "deepspeed", "hjson", "pydantic", "pydantic-core"):
+        assert pins[name] == version(name), name
+    assert all(canonicalize_name(name) == name for name in pins)
+    torch_closure = closure(["torch"])
+    assert {"torch", "filelock", "typing-extensions"} <= set(torch_closure)  # what the node's torch brings
+    assert not set(pins) & (set(torch_closure) | {"numpy"})
+    # transformers lists torch only under extras: followed, it would have pulled torch in without the exclusion
+    assert any("torch" in line and "extra ==" in line for line in requires("transformers"))
+    assert "torch" not in closure(["transformers"]) and "torch" in closure(["deepspeed"])
+
+
+def test_offline_gpu_bench_refuses_with_one_line(tmp_path):
+    script = str(REPO / "tools" / "offline_gpu_bench.sh")
+
+    def refusal(*args, **env):
+        done = subprocess.run(["bash", script, *args], capture_output=True, text=True,
+                              env=dict(os.environ, **env), timeout=60)
+        assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        return done.stderr.strip()
+
+    assert refusal().startswith("usage: ")
+    assert refusal("run", str(tmp_path)) == f"offline_gpu_bench: {tmp_path} is not a folder made by 'pack'"
+    kit = tmp_path / "kit"
+    for folder in ("wheels", "anli", "tokenizer"):
+        (kit / folder).mkdir(parents=True)
+    # a node whose Python lacks torch (-S: no site-packages)
+    python = tmp_path / "python-without-packages"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    python.chmod(0o755)
+    assert refusal("run", str(kit), PYTHON=str(python)) == (
+        f"offline_gpu_bench: {python} cannot import torch: install it on the node (a CUDA build)")
+    assert refusal("pack", str(kit)) == f"offline_gpu_bench: {kit} exists: pack writes a new folder"
+    assert refusal("pack", str(tmp_path / "new"), ANLI=str(tmp_path)).endswith(
+        "not found: set ANLI to the ANLI folder in the Hugging Face layout")
+    assert not (tmp_path / "new").exists() and not (tmp_path / "new.tmp").exists()

@@ -54,6 +54,8 @@ def test_pinned_closure_pins_installed_versions_and_leaves_out_the_nodes_package
     # transformers lists torch only under extras: followed, it would have pulled torch in without the exclusion
     assert any("torch" in line and "extra ==" in line for line in requires("transformers"))
     assert "torch" not in closure(["transformers"]) and "torch" in closure(["deepspeed"])
+    # a package named as a root is kept even where an exclusion covers it (EXTRA_PACKAGES=numpy adds numpy)
+    assert f"numpy=={version('numpy')}" in pinned_closure(["transformers", "numpy"], ["torch"], ["numpy"])
 
 
 def test_offline_gpu_bench_refuses_with_one_line(tmp_path):

@@ -4,8 +4,8 @@
 
 prints ``name==version`` (names canonical, sorted) for every ROOT and everything it requires, transitively, leaving
 out requirements that apply only with an extra or on another platform, and leaving out the packages of
-``--exclude`` and the whole closure of ``--exclude-closure-of``. ``tools/offline_gpu_bench.sh`` uses it to list
-the wheels a GPU node with its own PyTorch is missing.
+``--exclude`` and the whole closure of ``--exclude-closure-of`` (the ROOTs themselves excepted).
+``tools/offline_gpu_bench.sh`` uses it to list the wheels a GPU node with its own PyTorch is missing.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ def closure(roots: list[str]) -> dict[str, str]:
 
 def pinned_closure(roots: list[str], exclude_closure_of: list[str] = (), exclude: list[str] = ()) -> list[str]:
     """Sorted ``name==version`` pins of :func:`closure` of ``roots`` without ``exclude`` and without the closure of
-    ``exclude_closure_of``."""
+    ``exclude_closure_of``; a root itself is always kept (asked for by name, it is wanted)."""
     left_out = set(closure(list(exclude_closure_of))) | {canonicalize_name(name) for name in exclude}
+    left_out -= {canonicalize_name(name) for name in roots}
     return [f"{name}=={version}" for name, version in sorted(closure(roots).items()) if name not in left_out]
 
 

@@ -3,9 +3,11 @@
     python tools/pinned_closure.py ROOT... [--exclude-closure-of torch] [--exclude numpy]
 
 prints ``name==version`` (names canonical, sorted) for every ROOT and everything it requires, transitively, leaving
-out requirements that apply only with an extra or on another platform, and leaving out the packages of
-``--exclude`` and the whole closure of ``--exclude-closure-of`` (the ROOTs themselves excepted).
-``tools/offline_gpu_bench.sh`` uses it to list the wheels a GPU node with its own PyTorch is missing.
+out requirements that apply only with an extra or whose environment marker is false here, and leaving out the
+packages of ``--exclude`` and the whole closure of ``--exclude-closure-of`` (the ROOTs themselves excepted).
+``tools/offline_gpu_bench.sh`` uses it to list the wheels a GPU node with its own PyTorch is missing. Markers are
+evaluated for this environment (its Python and platform), since only what is installed here has a version to pin:
+for a node on another Python, a requirement conditional on the Python version may be listed needlessly or missed.
 """
 
 from __future__ import annotations

@@ -199,6 +199,15 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(tiny_setup, tmp_p
              if "padding" in json.loads(line)]
     assert steps == list(range(1, 41))
 
+    # Resumed again once finished: nothing to train, last/ untouched; with fewer steps than done: refused.
+    again = run_sft(tiny_setup, killed, **settings)
+    assert_ok(again)
+    assert "is already at step 40 of 40; nothing to train" in again.stdout + again.stderr
+    assert all(torch.equal(resumed[k], v) for k, v in weights(killed / "last").items())
+    shorter = run_sft(tiny_setup, killed, **{**settings, "MAX_STEPS": 20})
+    assert shorter.returncode != 0
+    assert "is at step 40, past this run's 20 steps; raise --max-steps" in shorter.stdout + shorter.stderr
+
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(DS_CONFIG=CONFIGS.parent / "missing.json"), "DS_CONFIG="),

@@ -206,6 +206,9 @@ def train(config: TrainConfig) -> dict:
         if checkpoint is None:
             raise ValueError(f"--resume: no complete checkpoint in {save_dir / 'last'}; start without --resume")
         state.update(load_training_state(engine, checkpoint), total_steps=total_steps)
+        if state["step"] > total_steps:
+            raise ValueError(f"--resume: {checkpoint} is at step {state['step']}, past this run's {total_steps} "
+                             "steps; raise --max-steps (or --epochs) to train on")
     log = RunLog(save_dir, enabled=rank == 0, resumed_step=state["step"] if config.resume else None)
     args = dataclasses.asdict(config)
     log.print(f"train: {data_summary}, {world_size} process(es), "
@@ -215,6 +218,10 @@ def train(config: TrainConfig) -> dict:
               + (f", resumed at step {state['step']}" if config.resume else ""))
     if objective.on_policy:
         log.print(source.describe())
+    if state["step"] == total_steps:  # a finished run resumed again: its last/ and best/ stand as they are
+        log.print(f"train: {save_dir / 'last'} is already at step {total_steps} of {total_steps}; nothing to train")
+        log.close()
+        return state
 
     def run_evaluation() -> dict:
         result = evaluate(engine.module, tokenizer, config.data_dir, config.eval_split, config.eval_rounds,

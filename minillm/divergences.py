@@ -70,16 +70,24 @@ def kl_from_log_probs(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
 
 
 def _mixture_log(a_log: torch.Tensor, b_log: torch.Tensor, weight_a: float) -> torch.Tensor:
-    """``log(weight_a a + (1 - weight_a) b)`` for 0 < weight_a < 1, by logsumexp."""
-    return torch.logaddexp(a_log + math.log(weight_a), b_log + math.log(1.0 - weight_a))
+    """``log(weight_a a + (1 - weight_a) b)`` for 0 < weight_a < 1, by logsumexp; ``-inf`` where both are zero.
+    Such tokens are set aside before ``logaddexp``, whose gradient at (-inf, -inf) is NaN."""
+    both_zero = (a_log == -math.inf) & (b_log == -math.inf)
+    mixed = torch.logaddexp(a_log.masked_fill(both_zero, 0.0) + math.log(weight_a),
+                            b_log.masked_fill(both_zero, 0.0) + math.log(1.0 - weight_a))
+    return mixed.masked_fill(both_zero, -math.inf)
 
 
 def coarsen(log_probs_: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """``[..., K + 1]`` log-probabilities of the ``K`` tokens ``ids`` (``[..., K]``) and, last, of all the others
     together (a logsumexp, so a tiny remainder stays accurate). The KL between two coarsened distributions is at
     most the KL between the distributions (data processing) and equals it when the ids cover the support; MiniLLM
-    keeps a teacher's distribution this way, top-k plus remainder, when the full one does not fit."""
-    rest = log_probs_.scatter(-1, ids, -math.inf).logsumexp(-1, keepdim=True)
+    keeps a teacher's distribution this way, top-k plus remainder, when the full one does not fit. A remainder of
+    zero probability (the ids cover the support) is ``-inf`` with a zero gradient; a plain logsumexp over nothing
+    but ``-inf`` would make the gradient NaN."""
+    others = log_probs_.scatter(-1, ids, -math.inf)
+    empty = (others == -math.inf).all(-1, keepdim=True)
+    rest = others.masked_fill(empty, 0.0).logsumexp(-1, keepdim=True).masked_fill(empty, -math.inf)
     return torch.cat([log_probs_.gather(-1, ids), rest], dim=-1)
 
 

@@ -199,6 +199,8 @@ def mutated(field, value, index=3):
     ("empty premise", mutated("premise", "  "), "field premise is empty"),
     ("empty hypothesis", mutated("hypothesis", ""), "field hypothesis is empty"),
     ("duplicate uid", mutated("uid", "u1"), "duplicate uid 'u1'"),
+    ("float label", [{**r, "label": float(r["label"])} for r in good_rows()], "field label is 0.0, expected the integer"),
+    ("integer uid", [{**r, "uid": i} for i, r in enumerate(good_rows())], "field uid is 0; every example needs a non-empty uid string"),
 ])
 def test_bad_rows_stop_with_one_line(tmp_path, case, rows, expected):
     write_hf(tmp_path / "raw", rows)
@@ -231,6 +233,54 @@ def test_missing_raw_folder_and_original_layout_errors(tmp_path):
     assert "dev.jsonl:1: field label is 'x', expected one of e, n, c" in run_cli(tmp_path, tmp_path / "orig")
     (tmp_path / "orig" / "R2" / "dev.jsonl").write_text('{"uid": "a", "context": "c"}\n')
     assert "dev.jsonl:1: missing field(s) hypothesis, label" in run_cli(tmp_path, tmp_path / "orig")
+
+
+@pytest.mark.parametrize("line, expected", [
+    (b'{"uid": "a", "context": "caf\xe9", "hypothesis": "h", "label": "e"}\n', "dev.jsonl:2: not UTF-8 text"),
+    (b"5\n", "dev.jsonl:2: a JSON int, expected an object"),
+    (b'{"uid": "a", "context": "c", "hypothesis": "h", "label": ["e"]}\n', "dev.jsonl:2: field label is ['e']"),
+    (b'{"uid": "a", "context": "c", "hypothesis": "h", "label": "e"\n', "dev.jsonl:2: not valid JSON"),
+])
+def test_malformed_original_layout_lines_stop_with_one_line(tmp_path, line, expected):
+    (tmp_path / "orig" / "R1").mkdir(parents=True)
+    good = b'{"uid": "z", "context": "c", "hypothesis": "h", "label": "n"}\n'
+    (tmp_path / "orig" / "R1" / "dev.jsonl").write_bytes(good + line)
+    message = run_cli(tmp_path, tmp_path / "orig")
+    assert isinstance(message, str) and "\n" not in message and expected in message, message
+
+
+def test_download_is_all_or_nothing_and_fails_in_one_line(tmp_path, monkeypatch):
+    """A stand-in for the `datasets` package (the hub is out of reach here): a download that breaks after its first
+    split leaves no data folder behind, and one that completes is published whole."""
+    import sys
+    import types
+
+    from minillm.data.anli import DataError, download_anli
+
+    class Split:
+        def __init__(self, fail=False):
+            self.fail = fail
+
+        def to_parquet(self, path):
+            if self.fail:
+                raise ConnectionError("connection reset by peer")
+            pq.write_table(pa.Table.from_pylist(good_rows()), path)
+
+    def fake_datasets(splits):
+        return types.SimpleNamespace(load_dataset=lambda name: splits)
+
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets({"dev_r1": Split(), "dev_r2": Split(fail=True)}))
+    with pytest.raises(DataError, match="downloading facebook/anli into .* failed \\(ConnectionError: connection"):
+        download_anli(tmp_path / "dl")
+    assert not (tmp_path / "dl" / "plain_text").exists()
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets({"dev_r1": Split(), "dev_r2": Split()}))
+    download_anli(tmp_path / "dl")
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["plain_text"]
+    assert sorted(p.name for p in (tmp_path / "dl" / "plain_text").iterdir()) == [
+        "dev_r1-00000-of-00001.parquet", "dev_r2-00000-of-00001.parquet"]
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed: import fails
+    with pytest.raises(DataError, match="pip install datasets"):
+        download_anli(tmp_path / "dl2")
 
 
 def big_vocab_tokenizer(path):
@@ -269,6 +319,32 @@ def test_failed_rerun_leaves_previous_output_intact(tmp_path, flan_t5_tokenizer_
     after = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
     assert before == after
     assert not list((tmp_path / "out").glob(".*tmp*"))
+
+
+def test_failed_shard_stage_leaves_previous_text_and_shards_intact(tmp_path, flan_t5_tokenizer_dir):
+    write_hf(tmp_path / "raw", good_rows())
+    assert run_cli(tmp_path, tmp_path / "raw", tokenizer=flan_t5_tokenizer_dir) == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    write_hf(tmp_path / "raw", good_rows(9))  # new raw data, then a failure in the shard stage
+    for extra, expected in ((["--dtype", "int16"], "DTYPE='int16'"),
+                            (["--template", "nli_labels", "--max-prompt-length", "9"], "still over MAX_PROMPT_LENGTH=9")):
+        message = run_cli(tmp_path, tmp_path / "raw", *extra, tokenizer=flan_t5_tokenizer_dir)
+        assert isinstance(message, str) and expected in message, message
+        assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
+        assert not list((tmp_path / "out").glob(".*tmp*"))
+
+
+def test_premise_is_cut_to_nothing_when_only_that_fits(tmp_path, flan_t5_tokenizer_dir, tokenizer):
+    rows = good_rows(3)
+    rows[1]["premise"] = "A very long premise that will not fit. " * 20
+    write_hf(tmp_path / "raw", rows)
+    bare = TEMPLATES["flan"].prompt("", rows[1]["hypothesis"])
+    limit = len(tokenizer(bare).input_ids)  # exactly the prompt without its premise
+    assert run_cli(tmp_path, tmp_path / "raw", "--max-prompt-length", str(limit), tokenizer=flan_t5_tokenizer_dir) == 0
+    record = read_jsonl(tmp_path / "out" / "full" / "r1" / "dev.jsonl")[1]
+    assert record["truncated"] and record["prompt"] == bare
+    assert "still over MAX_PROMPT_LENGTH" in run_cli(tmp_path, tmp_path / "raw", "--max-prompt-length",
+                                                     str(limit - 1), tokenizer=flan_t5_tokenizer_dir)
 
 
 def test_shell_script_with_environment_overrides(tmp_path, repo_root, flan_t5_tokenizer_dir):

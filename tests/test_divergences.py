@@ -8,7 +8,9 @@ import torch
 from minillm.divergences import (
     DIVERGENCES,
     adaptive_kl,
+    coarsen,
     forward_kl,
+    kl_from_log_probs,
     generalized_jsd,
     reverse_kl,
     skew_forward_kl,
@@ -168,6 +170,41 @@ def test_minus_inf_teacher_logits_stay_finite(name):
     (grad,) = torch.autograd.grad(value, student)
     assert torch.isfinite(value) and torch.isfinite(grad).all()
     assert math.isinf(float(reverse_kl(student.detach(), teacher, torch.ones(3, dtype=torch.bool))))
+
+
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+def test_a_token_both_rule_out_changes_neither_value_nor_gradient(name):
+    """A token with -inf logits in both distributions is as if the vocabulary lacked it: the same value and the same
+    gradient on the other tokens as without it, and a zero gradient on it (0 log 0 = 0, never NaN)."""
+    student = random_logits(3, 6, seed=13).requires_grad_(True)
+    teacher = random_logits(3, 6, seed=14)
+    mask = torch.ones(3, dtype=torch.bool)
+    without = student.detach()[:, 1:].clone().requires_grad_(True)
+    expected = call(name, without, teacher[:, 1:], mask)
+    (expected_grad,) = torch.autograd.grad(expected, without)
+    ruled_out = torch.cat([torch.full((3, 1), -math.inf, dtype=student.dtype), student[:, 1:]], dim=-1)
+    value = call(name, ruled_out, torch.cat([torch.full((3, 1), -math.inf, dtype=teacher.dtype), teacher[:, 1:]], -1),
+                 mask)
+    (grad,) = torch.autograd.grad(value, student)
+    assert torch.allclose(value, expected, rtol=1e-12, atol=1e-12)
+    assert (grad[:, 0] == 0).all() and torch.allclose(grad[:, 1:], expected_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_coarsened_kl_gradient_stays_finite_when_the_ids_cover_the_support():
+    """MiniLLM's single-step term on top-k bins: when the student puts no mass outside the K ids (a top-k cut, or
+    K = V - 1), the remainder bin is empty; the KL over the bins then equals the full KL, gradients included."""
+    torch.manual_seed(15)
+    teacher_log = torch.log_softmax(torch.randn(4, 8, dtype=torch.float64), -1)
+    ids = teacher_log.topk(5, dim=-1).indices
+    student_logits = torch.full((4, 8), -math.inf, dtype=torch.float64).scatter(  # no mass outside the ids
+        -1, ids, torch.randn(4, 5, dtype=torch.float64)).requires_grad_(True)
+    student_log = torch.log_softmax(student_logits, -1)
+    binned = kl_from_log_probs(coarsen(student_log, ids), coarsen(teacher_log, ids)).sum()
+    (binned_grad,) = torch.autograd.grad(binned, student_logits)
+    full = kl_from_log_probs(torch.log_softmax(student_logits, -1), teacher_log).sum()
+    (full_grad,) = torch.autograd.grad(full, student_logits)
+    assert torch.isfinite(binned_grad).all()
+    assert torch.allclose(binned, full, rtol=1e-12) and torch.allclose(binned_grad, full_grad, rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.parametrize("name", sorted(DIVERGENCES))

@@ -115,6 +115,46 @@ def test_seqkd_shards_hold_exactly_the_teachers_outputs(tiny_setup, generated, p
                         gold_dir / kind / round_name / name).read_bytes()
 
 
+def test_bad_generated_data_is_refused_in_one_line_and_leaves_output_intact(tiny_setup, generated, pseudo, tmp_path):
+    """Every generated record is checked (not only the first), an empty split and a generation from another
+    tokenizer are refused, and a refused run leaves the previous output as it was."""
+    import shutil
+
+    from tools.process_pseudo_data_seqkd import main
+
+    out = tmp_path / "out"
+    shutil.copytree(pseudo, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    train = generated / "r1" / "train.jsonl"
+    records = read_jsonl(train)
+
+    def refused(name: str, edit) -> str:
+        bad = tmp_path / name
+        shutil.copytree(generated, bad)
+        edit(bad)
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--generated-dir", str(bad), "--gold-dir", str(tiny_setup["data_dir"]), "--out-dir", str(out)])
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+        assert not list(out.glob(".*tmp*"))
+        return str(exit_info.value.code)
+
+    def gold_target_on_line_2(bad):
+        second = {k: v for k, v in records[1].items() if k != "target_ids"}
+        lines = [records[0], second, *records[2:]]
+        (bad / "r1" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+    def other_tokenizer(bad):
+        meta = json.loads((bad / "meta.json").read_text())
+        (bad / "meta.json").write_text(json.dumps({**meta, "tokenizer": "/elsewhere/tokenizer"}))
+
+    message = refused("missing_ids", gold_target_on_line_2)
+    assert "r1/train.jsonl:2: field(s) target_ids missing" in message and "\n" not in message
+    assert "r1/train.jsonl: no records" in refused("empty", lambda bad: (bad / "r1" / "train.jsonl").write_text(""))
+    message = refused("truncated", lambda bad: (bad / "r1" / "train.jsonl").write_text(train.read_text()[:-20]))
+    assert f"r1/train.jsonl:{len(records)}: not valid JSON" in message
+    assert "tokenizer '/elsewhere/tokenizer' but DATA_DIR" in refused("other_tokenizer", other_tokenizer)
+
+
 def finetune(tiny_setup, data_dir, save_dir, *flags) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "minillm.finetune", "--model-path", str(tiny_setup["models"] / "tiny-student"),

@@ -9,13 +9,14 @@ Bad input ends with one line on stderr and exit status 1; see minillm/data/proce
 """
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minillm.data.anli import DataError, detect_layout, download_anli  # noqa: E402
-from minillm.data.process import build_shards, build_text, log  # noqa: E402
+from minillm.data.process import build_shards, build_text, log, staged_text_dir  # noqa: E402
 from minillm.data.templates import TARGET_KINDS, TEMPLATES  # noqa: E402
 
 
@@ -54,14 +55,16 @@ def resolve_raw_dir(args) -> Path:
 def main(argv=None) -> None:
     args = parse_args(argv)
     try:
+        # STAGE=all keeps the new text staged until the shards built from it are done, then publishes both.
         if args.stage in ("all", "text"):
             raw_dir = resolve_raw_dir(args)
-            counts = build_text(raw_dir, args.out_dir, args.template, args.target)
+            counts = build_text(raw_dir, args.out_dir, args.template, args.target, publish=args.stage == "text")
             log(f"text stage: {sum(counts.values())} examples from {raw_dir} in {len(counts)} round/split files")
         if args.stage in ("all", "shards"):
             build_shards(args.out_dir, args.tokenizer, args.max_prompt_length, args.dtype, args.shard_size,
-                         args.template, args.target)
+                         args.template, args.target, staged_text=args.stage == "all")
     except DataError as err:
+        shutil.rmtree(staged_text_dir(args.out_dir), ignore_errors=True)  # the previous output stays as it was
         sys.exit(f"process_data_anli: error: {err}")
 
 

@@ -10,13 +10,14 @@ shards come out identical to the gold ones. The training targets are the teacher
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minillm.data.anli import DataError  # noqa: E402
-from minillm.data.process import build_pseudo_text, build_shards, log  # noqa: E402
+from minillm.data.process import build_pseudo_text, build_shards, log, staged_text_dir  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -32,8 +33,10 @@ def main(argv=None) -> None:
         gold = json.loads(gold_meta_path.read_text())
         counts = build_pseudo_text(args.generated_dir, args.gold_dir, args.out_dir)
         log(f"pseudo text: {sum(counts.values())} examples ({', '.join(f'{k} {v}' for k, v in counts.items())})")
-        build_shards(args.out_dir, gold["tokenizer"], gold["max_prompt_length"], gold["dtype"], gold["shard_size"])
+        build_shards(args.out_dir, gold["tokenizer"], gold["max_prompt_length"], gold["dtype"], gold["shard_size"],
+                     staged_text=True)
     except DataError as err:
+        shutil.rmtree(staged_text_dir(args.out_dir), ignore_errors=True)  # the previous output stays as it was
         sys.exit(f"process_pseudo_data_seqkd: error: {err}")
 
 

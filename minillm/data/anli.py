@@ -11,7 +11,9 @@ integer label. Every problem raises :class:`DataError` with one line naming the 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 ROUNDS = ("r1", "r2", "r3")
@@ -56,8 +58,9 @@ def _hf_rows(files: list[Path]) -> list[dict]:
         columns = {c: table.column(c).to_pylist() for c in HF_COLUMNS}
         for i in range(table.num_rows):
             label = columns["label"][i]
-            if label not in (0, 1, 2) or isinstance(label, bool):
-                raise DataError(f"{path}: row {i} (uid {columns['uid'][i]}): field label is {label!r}, expected 0, 1 or 2")
+            if type(label) is not int or label not in (0, 1, 2):  # not 1.0, not True: an integer column
+                raise DataError(f"{path}: row {i} (uid {columns['uid'][i]}): field label is {label!r}, expected the "
+                                "integer 0, 1 or 2")
             rows.append({"uid": columns["uid"][i], "premise": columns["premise"][i],
                          "hypothesis": columns["hypothesis"][i], "label": label,
                          "reason": columns["reason"][i], "_where": f"{path}: row {i}"})
@@ -66,23 +69,36 @@ def _hf_rows(files: list[Path]) -> list[dict]:
 
 def _original_rows(path: Path) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+    for where, obj in read_jsonl_objects(path):
+        missing = [k for k in ORIGINAL_FIELDS if k not in obj]
+        if missing:
+            raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
+        if not isinstance(obj["label"], str) or obj["label"] not in ORIGINAL_LABELS:
+            raise DataError(f"{where}: field label is {obj['label']!r}, expected one of e, n, c")
+        rows.append({"uid": obj["uid"], "premise": obj["context"], "hypothesis": obj["hypothesis"],
+                     "label": ORIGINAL_LABELS[obj["label"]], "reason": obj.get("reason"), "_where": where})
+    return rows
+
+
+def read_jsonl_objects(path: Path):
+    """``(\"path:line\", object)`` for every non-blank line of a JSON-lines file; a line that is not UTF-8, not JSON
+    or not a JSON object raises :class:`DataError` naming the file and line."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            where = f"{path}:{line_no}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{where}: not UTF-8 text; save the file as UTF-8") from None
             if not line.strip():
                 continue
-            where = f"{path}:{line_no}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{where}: not valid JSON ({err.msg})") from None
-            missing = [k for k in ORIGINAL_FIELDS if k not in obj]
-            if missing:
-                raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
-            if obj["label"] not in ORIGINAL_LABELS:
-                raise DataError(f"{where}: field label is {obj['label']!r}, expected one of e, n, c")
-            rows.append({"uid": obj["uid"], "premise": obj["context"], "hypothesis": obj["hypothesis"],
-                         "label": ORIGINAL_LABELS[obj["label"]], "reason": obj.get("reason"), "_where": where})
-    return rows
+            if not isinstance(obj, dict):
+                raise DataError(f"{where}: a JSON {type(obj).__name__}, expected an object with named fields")
+            yield where, obj
 
 
 def _normalise(rows: list[dict], round_name: str, split: str, source: str) -> list[dict]:
@@ -94,7 +110,8 @@ def _normalise(rows: list[dict], round_name: str, split: str, source: str) -> li
         for field in ("uid", "premise", "hypothesis"):
             value = row[field]
             if not isinstance(value, str) or not value.strip():
-                raise DataError(f"{where}: field {field} is empty; every example needs a {field}")
+                raise DataError(f"{where}: field {field} is {'empty' if isinstance(value, str) else repr(value)}; "
+                                f"every example needs a non-empty {field} string")
         uid = row["uid"].strip()
         if uid in seen:
             raise DataError(f"{source}: duplicate uid {uid!r} in split {split} of round {round_name}")
@@ -130,15 +147,24 @@ def load_raw(raw_dir: str | Path) -> dict[tuple[str, str], list[dict]]:
 
 
 def download_anli(dest: Path) -> Path:
-    """Download ``facebook/anli`` from the Hugging Face hub into ``dest/plain_text`` (Hugging Face layout)."""
-    import datasets
-
+    """Download ``facebook/anli`` from the Hugging Face hub into ``dest/plain_text`` (Hugging Face layout). The
+    files go to ``dest/.plain_text.tmp`` first, renamed when every split is written: an interrupted download never
+    looks like data. A failure (no ``datasets`` package, no network) raises :class:`DataError`."""
     out = dest / "plain_text"
-    out.mkdir(parents=True, exist_ok=True)
-    for name, split in datasets.load_dataset("facebook/anli").items():
-        if not re.fullmatch(r"(train|dev|test)_r[123]", name):
-            continue
-        tmp = out / f".{name}.parquet.tmp"
-        split.to_parquet(str(tmp))
-        tmp.replace(out / f"{name}-00000-of-00001.parquet")
+    staging = dest / ".plain_text.tmp"
+    try:
+        import datasets
+
+        splits = datasets.load_dataset("facebook/anli")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for name, split in splits.items():
+            if re.fullmatch(r"(train|dev|test)_r[123]", name):
+                split.to_parquet(str(staging / f"{name}-00000-of-00001.parquet"))
+    except Exception as err:  # ImportError, hub and network errors, disk errors: all one line
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise DataError(f"downloading facebook/anli into {dest} failed ({type(err).__name__}: {message}); "
+                        "pip install datasets and go online, or set RAW_DIR to a local copy") from None
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(staging, out)
     return dest

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .anli import ROUNDS, SPLITS, DataError, load_raw
+from .anli import ROUNDS, SPLITS, DataError, load_raw, read_jsonl_objects
 from .indexed_dataset import best_fitting_dtype, separator_id, write_indexed_dataset
 from .templates import TARGET_KINDS, get_template
 
@@ -53,19 +53,25 @@ def _write_jsonl(path: Path, records) -> None:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [obj for _, obj in read_jsonl_objects(path)]
 
 
 # ----------------------------------------------------------------------------------------------- stage: text
 
-def build_text(raw_dir: Path, out_dir: Path, template_name: str, target_kind: str) -> dict:
-    """Raw files -> ``out_dir/text/{round}/{split}.jsonl``. Returns the number of examples per round/split."""
+def staged_text_dir(out_dir: Path) -> Path:
+    """Where the text stage builds ``text/`` before it is renamed into place."""
+    return out_dir / ".text.tmp"
+
+
+def build_text(raw_dir: Path, out_dir: Path, template_name: str, target_kind: str, publish: bool = True) -> dict:
+    """Raw files -> ``out_dir/text/{round}/{split}.jsonl``. Returns the number of examples per round/split. With
+    ``publish=False`` the text stays in :func:`staged_text_dir`, for :func:`build_shards` to check, use and publish
+    together with the shards."""
     if target_kind not in TARGET_KINDS:
         raise DataError(f"TARGET={target_kind!r} is not a target kind: choose one of {', '.join(TARGET_KINDS)}")
     template = get_template(template_name)
     data = load_raw(raw_dir)  # validates everything before anything is written
-    staging = out_dir / ".text.tmp"
+    staging = staged_text_dir(out_dir)
     if staging.exists():
         shutil.rmtree(staging)
     counts = {}
@@ -80,15 +86,20 @@ def build_text(raw_dir: Path, out_dir: Path, template_name: str, target_kind: st
         counts[f"{round_name}/{split}"] = len(rows)
     meta = {"raw_dir": str(raw_dir), "template": template_name, "target": target_kind, "examples": counts}
     (staging / "meta.json").write_text(json.dumps(meta, indent=1))
-    _replace_dir(staging, out_dir / "text")
+    if publish:
+        _replace_dir(staging, out_dir / "text")
     return counts
 
 
+PSEUDO_FIELDS = ("uid", "round", "prompt", "target", "target_ids", "label", "options")  # generate_seqkd.py writes them
+
+
 def build_pseudo_text(generated_dir: Path, gold_dir: Path, out_dir: Path) -> dict:
-    """SeqKD text: ``out_dir/text`` whose training split is the teacher's outputs from ``generated_dir`` (written by
-    ``minillm.generate_seqkd``, with their ``target_ids``) and whose other splits are copies of ``gold_dir/text``, so
-    that the shards built from it train on the teacher's targets and evaluate on the gold ones. Returns the number of
-    examples per round/split."""
+    """SeqKD text, left in :func:`staged_text_dir` for :func:`build_shards` to publish: a ``text/`` whose training
+    split is the teacher's outputs from ``generated_dir`` (written by ``minillm.generate_seqkd``, with their
+    ``target_ids``) and whose other splits are copies of ``gold_dir/text``, so that the shards built from it train on
+    the teacher's targets and evaluate on the gold ones. Every generated record is checked, and the generation must
+    come from ``gold_dir``'s tokenizer and template. Returns the number of examples per round/split."""
     gen_meta_path = generated_dir / "meta.json"
     if not gen_meta_path.is_file():
         raise DataError(f"{gen_meta_path}: missing; GEN_DIR must be an output folder of generate_data_seqkd.sh")
@@ -98,8 +109,14 @@ def build_pseudo_text(generated_dir: Path, gold_dir: Path, out_dir: Path) -> dic
         raise DataError(f"{gold_text / 'meta.json'}: missing; DATA_DIR must be a folder processed by "
                         "process_data_anli.sh (the gold data the teacher generated from)")
     gold_meta = json.loads((gold_text / "meta.json").read_text())
+    gold_shards = json.loads((gold_dir / "meta.json").read_text()) if (gold_dir / "meta.json").is_file() else {}
+    for field, gold_value in (("template", gold_meta["template"]), ("tokenizer", gold_shards.get("tokenizer")),
+                              ("vocab_size", gold_shards.get("vocab_size"))):
+        if gold_value is not None and gen_meta.get(field) != gold_value:
+            raise DataError(f"{gen_meta_path}: {field} {gen_meta.get(field)!r} but DATA_DIR {gold_dir} has "
+                            f"{gold_value!r}; generate from this DATA_DIR, or give the DATA_DIR GEN_DIR came from")
     pseudo_split = gen_meta["split"]
-    staging = out_dir / ".text.tmp"
+    staging = staged_text_dir(out_dir)
     if staging.exists():
         shutil.rmtree(staging)
     counts = {}
@@ -109,12 +126,7 @@ def build_pseudo_text(generated_dir: Path, gold_dir: Path, out_dir: Path) -> dic
             if not source.is_file():
                 continue
             if split == pseudo_split:
-                records = _read_jsonl(source)
-                missing = [k for k in ("uid", "prompt", "target_ids") if k not in records[0]] if records else []
-                if missing:
-                    raise DataError(f"{source}: field(s) {', '.join(missing)} missing; regenerate it with "
-                                    "generate_data_seqkd.sh")
-                counts[f"{round_name}/{split}"] = len(records)
+                counts[f"{round_name}/{split}"] = _check_pseudo_records(source)
             else:
                 counts[f"{round_name}/{split}"] = sum(1 for _ in open(source, encoding="utf-8"))
             (staging / round_name).mkdir(parents=True, exist_ok=True)
@@ -126,8 +138,26 @@ def build_pseudo_text(generated_dir: Path, gold_dir: Path, out_dir: Path) -> dic
                 "teacher", "decoding", "temperature", "top_k", "top_p", "num_samples", "max_new_tokens")},
             "generated_dir": str(generated_dir), "gold_dir": str(gold_dir), "examples": counts}
     (staging / "meta.json").write_text(json.dumps(meta, indent=1))
-    _replace_dir(staging, out_dir / "text")
     return counts
+
+
+def _check_pseudo_records(path: Path) -> int:
+    """The number of records in a generated split; each must have every field of :data:`PSEUDO_FIELDS`, with
+    ``target_ids`` a list of integers, else :class:`DataError` naming the line."""
+    count = 0
+    for where, record in read_jsonl_objects(path):
+        missing = [k for k in PSEUDO_FIELDS if k not in record]
+        if missing:
+            raise DataError(f"{where}: field(s) {', '.join(missing)} missing; regenerate it with "
+                            "generate_data_seqkd.sh")
+        ids = record["target_ids"]
+        if not isinstance(ids, list) or not all(type(i) is int and i >= 0 for i in ids):
+            raise DataError(f"{where}: field target_ids is not a list of token ids; regenerate it with "
+                            "generate_data_seqkd.sh")
+        count += 1
+    if count == 0:
+        raise DataError(f"{path}: no records; regenerate it with generate_data_seqkd.sh")
+    return count
 
 
 # --------------------------------------------------------------------------------------------- stage: shards
@@ -214,17 +244,17 @@ def _cut_premises(records, prompt_ids, tokenizer, template, max_len: int) -> int
         # kept premise is an exact prefix of the original, characters outside the vocabulary included.
         token_ends = [end for _, end in
                       tokenizer.backend_tokenizer.encode(record["premise"], add_special_tokens=False).offsets]
-        keep = len(token_ends) - (len(prompt_ids[i]) - max_len)
+        keep = max(0, len(token_ends) - (len(prompt_ids[i]) - max_len))
         while True:
-            if keep <= 0:
-                raise DataError(
-                    f"uid {record['uid']} (round {record['round']}): the prompt without its premise is still over "
-                    f"MAX_PROMPT_LENGTH={max_len} tokens; raise MAX_PROMPT_LENGTH")
-            prompt = template.prompt(record["premise"][: token_ends[keep - 1]], record["hypothesis"])
+            prompt = template.prompt(record["premise"][: token_ends[keep - 1]] if keep else "", record["hypothesis"])
             ids = tokenizer.backend_tokenizer.encode(prompt).ids
             if len(ids) <= max_len:
                 break
-            keep -= len(ids) - max_len  # text after the cut can tokenise differently: shorten until it fits
+            if keep == 0:
+                raise DataError(
+                    f"uid {record['uid']} (round {record['round']}): the prompt without its premise is still over "
+                    f"MAX_PROMPT_LENGTH={max_len} tokens; raise MAX_PROMPT_LENGTH")
+            keep = max(0, keep - (len(ids) - max_len))  # text after the cut can tokenise differently: cut more
         record["prompt"], record["truncated"] = prompt, True
         prompt_ids[i] = ids
     return len(too_long)
@@ -277,9 +307,15 @@ def _jsonl_records(tokenized: TokenizedSplit):
 
 
 def build_shards(out_dir: Path, tokenizer_name: str, max_prompt_length: int = 512, dtype: str = "auto",
-                 shard_size: int = 0, template_name: str | None = None, target_kind: str | None = None) -> dict:
-    """``out_dir/text`` -> ``out_dir/{full,prompt}/{round}/``. Returns the metadata written to ``meta.json``."""
-    text_dir = out_dir / "text"
+                 shard_size: int = 0, template_name: str | None = None, target_kind: str | None = None,
+                 staged_text: bool = False) -> dict:
+    """``out_dir/text`` -> ``out_dir/{full,prompt}/{round}/``. Returns the metadata written to ``meta.json``.
+
+    With ``staged_text`` the text comes from :func:`staged_text_dir` (a text stage run with ``publish=False``) and is
+    renamed to ``out_dir/text`` only with the shards, once they are built: a run that fails in either stage leaves
+    the previous output as it was. Publishing removes ``meta.json``, renames the folders into place and writes
+    ``meta.json`` last, so the folder never looks complete with parts from two runs."""
+    text_dir = staged_text_dir(out_dir) if staged_text else out_dir / "text"
     meta_path = text_dir / "meta.json"
     if not meta_path.is_file():
         raise DataError(f"{meta_path}: missing; run the text stage first (STAGE=text or STAGE=all)")
@@ -348,6 +384,9 @@ def build_shards(out_dir: Path, tokenizer_name: str, max_prompt_length: int = 51
             "train_targets": text_meta.get("train_targets", "gold"), "teacher": text_meta.get("teacher"),
             "max_prompt_length": max_prompt_length, "prompts_cut": cut_total, "shard_size": shard_size,
             "splits": summary}
+    (out_dir / "meta.json").unlink(missing_ok=True)
+    if staged_text:
+        _replace_dir(text_dir, out_dir / "text")
     for kind in ("full", "prompt"):
         _replace_dir(staging / kind, out_dir / kind)
     shutil.rmtree(staging)

@@ -57,22 +57,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def tokenizer_path_for(model_path: Path, args: argparse.Namespace) -> Path | str:
+    """The checkpoint's own tokenizer, else ``--tokenizer-path``; :class:`InputError` when there is neither."""
+    if any((model_path / name).is_file() for name in TOKENIZER_FILES):
+        return model_path
+    if args.tokenizer_path is None:
+        raise InputError(f"--model-path {model_path} holds no tokenizer; pass --tokenizer-path")
+    return args.tokenizer_path
+
+
 def load_model_and_tokenizer(model_path: Path, args: argparse.Namespace):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    has_tokenizer = any((model_path / name).is_file() for name in TOKENIZER_FILES)
-    tokenizer_path = model_path if has_tokenizer else args.tokenizer_path
-    if tokenizer_path is None:
-        raise InputError(f"--model-path {model_path} holds no tokenizer; pass --tokenizer-path")
+    tokenizer_path = tokenizer_path_for(model_path, args)
     hf_logging.disable_progress_bar()
+    # Any failure to load is bad input here (missing or truncated weights, a config that does not match them, ...).
     try:
         model = AutoModelForSeq2SeqLM.from_pretrained(model_path, dtype=DTYPES[args.dtype])
-    except (OSError, ValueError) as err:
+    except Exception as err:
         raise InputError(f"--model-path {model_path}: cannot load the model: {_first_line(err)}") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    except (OSError, ValueError) as err:
+    except Exception as err:
         raise InputError(f"tokenizer {tokenizer_path}: cannot load it: {_first_line(err)}") from None
     return model, tokenizer
 
@@ -112,12 +119,13 @@ def main(argv=None) -> int:
         for model_path in model_paths:
             if not (model_path / "config.json").is_file():
                 raise InputError(f"--model-path {model_path}: no config.json there; give a checkpoint folder")
+            tokenizer_path_for(model_path, args)
         for model_path in model_paths:
             result = evaluate_checkpoint(model_path, meta, args)
             rounds = "  ".join(f"{name} {r['accuracy_rank']:.2f}" for name, r in result["rounds"].items())
             summary.append(f"{model_path}: overall {result['overall']['accuracy_rank']:.2f}  ({rounds})")
-    except (InputError, FileNotFoundError) as err:
-        print(f"minillm.evaluate: error: {err}", file=sys.stderr)
+    except (InputError, FileNotFoundError, ValueError) as err:  # ValueError: data whose files disagree, bad JSON
+        print(f"minillm.evaluate: error: {(str(err).strip() or repr(err)).splitlines()[0]}", file=sys.stderr)
         return 2
     print(f"\n== summary: accuracy (rank classification) on {args.split}", *summary, sep="\n")
     return 0

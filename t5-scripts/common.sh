@@ -34,6 +34,14 @@ free_port() {
 launch_module() {
   local module="$1"; shift
   local num_gpus="${NUM_GPUS:-1}" num_nodes="${NUM_NODES:-1}"
+  if [[ ! "$num_gpus" =~ ^[1-9][0-9]*$ || ! "$num_nodes" =~ ^[1-9][0-9]*$ ]]; then
+    echo "launch_module: NUM_GPUS=$num_gpus and NUM_NODES=$num_nodes must be whole numbers >= 1" >&2
+    exit 2
+  fi
+  if [[ -n "${HOSTFILE:-}" && ! -f "$HOSTFILE" ]]; then
+    echo "launch_module: HOSTFILE=$HOSTFILE not found (examples in $BASE/configs/hostfiles/)" >&2
+    exit 2
+  fi
   local port="${MASTER_PORT:-$(free_port)}"
   read -ra launcher_extra <<< "${LAUNCHER_ARGS:-}"
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / num_gpus > 0 ? $(nproc) / num_gpus : 1 ))}"

@@ -111,8 +111,7 @@ CKPT="$RESULTS/sft/student/best" TEACHER_CKPT="$RESULTS/sft/teacher/best" PROMPT
   bash "$BASE/t5-scripts/minillm/train_small_xl.sh" "$BASE"
 
 step "11/11 evaluation on test, per round"
-CKPTS="$RESULTS/sft/teacher/best $RESULTS/sft/student/best $RESULTS/kd/student/best $RESULTS/seqkd/student/best"
-CKPTS+=" $RESULTS/minillm/student/best"
+CKPTS="$(printf '%s\n' "$RESULTS"/{sft/teacher,sft/student,kd/student,seqkd/student,minillm/student}/best)"
 CKPTS="$CKPTS" DATA_DIR="$DATA_DIR" SPLIT=test bash "$BASE/t5-scripts/eval/run_eval.sh" "$BASE"
 
 step "done: data $DATA_DIR, checkpoints $RESULTS/{sft/teacher,sft/student,kd/student,seqkd/student,minillm/student}/{best,last}"

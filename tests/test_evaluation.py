@@ -260,15 +260,43 @@ def test_cli_checks_every_checkpoint_before_evaluating_any(setup, tmp_path):
     assert done.returncode == 2 and "absent: no config.json" in done.stderr and "Traceback" not in done.stderr
     assert not (good / "eval").exists()  # the first was not scored before the second was found missing
 
+    no_tokenizer = tmp_path / "no_tokenizer"
+    shutil.copytree(setup["models"] / "tiny-student", no_tokenizer,
+                    ignore=shutil.ignore_patterns("tokenizer*", "spiece.model", "special_tokens_map.json"))
+    done = run([sys.executable, "-m", "minillm.evaluate", "--model-path", str(good), str(no_tokenizer), *args])
+    assert done.returncode == 2 and "no_tokenizer holds no tokenizer; pass --tokenizer-path" in done.stderr
+    assert not (good / "eval").exists()
+
     done = run([sys.executable, "-m", "minillm.evaluate", "--model-path", str(good), str(good), *args,
                 "--out-dir", str(tmp_path / "out")])
     assert done.returncode == 2 and "--out-dir takes one --model-path (got 2)" in done.stderr
 
 
-def test_run_eval_script(setup):
+def test_cli_unloadable_weights_and_inconsistent_data_stop_with_one_line(setup, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(setup["models"] / "tiny-student", broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    data = tmp_path / "data"
+    shutil.copytree(setup["data_dir"], data)
+    records = data / "full" / "r2" / "dev.jsonl"
+    records.write_text("".join(records.read_text().splitlines(keepends=True)[:-1]))  # one record short of the shard
+    for model, data_dir, message in ((broken, setup["data_dir"], f"--model-path {broken}: cannot load the model"),
+                                     (setup["models"] / "tiny-student", data, "records but")):
+        done = run([sys.executable, "-m", "minillm.evaluate", "--model-path", str(model), "--data-dir",
+                    str(data_dir), "--split", "dev", "--max-examples", "2", "--no-generate", "--out-dir",
+                    str(tmp_path / "out")])
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        errors = [line for line in done.stderr.splitlines() if line.startswith("minillm.evaluate: error: ")]
+        assert len(errors) == 1 and message in errors[0], done.stderr[-2000:]
+
+
+def test_run_eval_script(setup, tmp_path):
     script = str(REPO / "t5-scripts" / "eval" / "run_eval.sh")
-    checkpoints = [setup["models"] / "tiny-student", setup["models"] / "trained"]
-    done = run(["bash", script, str(REPO)], CKPTS=" ".join(map(str, checkpoints)), DATA_DIR=str(setup["data_dir"]),
+    spaced = tmp_path / "a folder" / "trained"  # one checkpoint per line: paths with spaces
+    shutil.copytree(setup["models"] / "trained", spaced)
+    checkpoints = [setup["models"] / "tiny-student", spaced]
+    done = run(["bash", script, str(REPO)], CKPTS="\n".join(map(str, checkpoints)), DATA_DIR=str(setup["data_dir"]),
                SPLIT="dev", BATCH_SIZE="8", EXTRA_ARGS="--max-examples 3 --no-generate")
     assert done.returncode == 0, done.stderr[-2000:]
     summary = done.stdout.split("== summary")[1].strip().splitlines()[1:]

@@ -125,6 +125,12 @@ class TrainConfig:
                 problems.append(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
         if self.lr <= 0:
             problems.append(f"--lr must be > 0 (got {self.lr})")
+        for name in ("model_path", "teacher_model_path", "tokenizer_path"):
+            value = getattr(self, name)
+            # A hub name (google/flan-t5-xl) is resolved online; a path (absolute, ./, ../, ~) must be a folder here.
+            if value is not None and value.startswith(("/", ".", "~")) and not Path(value).expanduser().is_dir():
+                problems.append(f"--{name.replace('_', '-')} {value}: no such folder; train that checkpoint first "
+                                "(or set CKPT / TEACHER_CKPT to an existing one)")
         if self.deepspeed_config is not None and not Path(self.deepspeed_config).is_file():
             problems.append(f"--deepspeed-config {self.deepspeed_config}: file not found")
         if self.data_dir is not None and not (Path(self.data_dir) / "meta.json").is_file():

@@ -14,6 +14,7 @@ DeepSpeed divides by ``grad_acc`` and averages gradients over ranks, which leave
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -80,12 +81,26 @@ def load_model(config: TrainConfig, device: torch.device):
     attention = config.attn_implementation
     if attention == "auto":  # eager T5 attention: flan-t5-small steps ~5-10% faster than with SDPA on a CPU
         attention = "eager" if device.type == "cpu" else "sdpa"
-    model = AutoModelForSeq2SeqLM.from_pretrained(config.model_path, dtype=torch.float32,
-                                                  attn_implementation=attention, **overrides)
+    with load_errors_as_value_errors("--model-path", config.model_path):
+        model = AutoModelForSeq2SeqLM.from_pretrained(config.model_path, dtype=torch.float32,
+                                                      attn_implementation=attention, **overrides)
     if config.fused_kernels:
         fuse_elementwise(model, cpu=device.type == "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_path or config.model_path)
+    with load_errors_as_value_errors("--tokenizer-path" if config.tokenizer_path else "--model-path",
+                                     config.tokenizer_path or config.model_path):
+        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_path or config.model_path)
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def load_errors_as_value_errors(flag: str, path: str):
+    """A checkpoint that cannot be loaded (not on the hub, offline, a folder without weights) is bad input: a
+    one-line ValueError naming the flag, which finetune reports without a traceback."""
+    try:
+        yield
+    except OSError as err:
+        first_line = (str(err).strip() or type(err).__name__).splitlines()[0]
+        raise ValueError(f"{flag} {path}: cannot load it ({first_line})") from None
 
 
 def load_frozen_model(path: str, config: TrainConfig, student, ds_config: dict, device: torch.device):
@@ -97,8 +112,9 @@ def load_frozen_model(path: str, config: TrainConfig, student, ds_config: dict, 
     from transformers import AutoModelForSeq2SeqLM
 
     dtype = torch.bfloat16 if precision(ds_config) == "bf16" else torch.float32
-    frozen = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype,
-                                                   attn_implementation=student.config._attn_implementation)
+    with load_errors_as_value_errors("--teacher-model-path", path):
+        frozen = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype,
+                                                       attn_implementation=student.config._attn_implementation)
     if frozen.config.vocab_size != student.config.vocab_size:
         raise ValueError(f"--teacher-model-path {path}: vocabulary of {frozen.config.vocab_size} tokens but the "
                          f"student ({config.model_path}) has {student.config.vocab_size}; teacher and student must "

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Evaluate checkpoints on ANLI (rank classification, greedy generation, Rouge-L, loss; per round and overall).
 #   CKPTS="CKPT1 CKPT2 ..." bash t5-scripts/eval/run_eval.sh [BASE]
-# Environment: CKPTS (required; space-separated checkpoint folders), DATA_DIR [BASE/processed_data/anli/flan-label],
-# SPLIT [test], BATCH_SIZE [32], MAX_NEW_TOKENS [16], EXTRA_ARGS (more flags for python -m minillm.evaluate,
+# Environment: CKPTS (required; checkpoint folders separated by spaces, or one per line for paths with spaces),
+# DATA_DIR [BASE/processed_data/anli/flan-label], SPLIT [test], BATCH_SIZE [32], MAX_NEW_TOKENS [16], EXTRA_ARGS (more flags for python -m minillm.evaluate,
 # e.g. "--dtype bf16 --max-examples 200").
 # One process scores the checkpoints in turn; each one's results.json and predictions.jsonl go to CKPT/eval/SPLIT/,
 # and a summary line per checkpoint ends the output.
@@ -17,7 +17,12 @@ source "$BASE/t5-scripts/common.sh"
 
 DATA_DIR="${DATA_DIR:-$BASE/processed_data/anli/flan-label}"
 SPLIT="${SPLIT:-test}"
-read -ra CHECKPOINTS <<< "$CKPTS"
+CHECKPOINTS=()
+if [[ "$CKPTS" == *$'\n'* ]]; then  # one per line: paths may hold spaces
+  while IFS= read -r line; do [[ -n "$line" ]] && CHECKPOINTS+=("$line"); done <<< "$CKPTS"
+else
+  read -ra CHECKPOINTS <<< "$CKPTS"
+fi
 read -ra EXTRA <<< "${EXTRA_ARGS:-}"
 
 run_python -m minillm.evaluate --model-path "${CHECKPOINTS[@]}" --data-dir "$DATA_DIR" --split "$SPLIT" \

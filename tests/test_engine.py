@@ -234,8 +234,13 @@ def test_flags_are_checked_together(tiny_setup, tmp_path):
     for message in ("--lr must be > 0", "--batch-size must be >= 1", "--select-by rougeL needs generation",
                     f"--data-dir {tmp_path}: no meta.json"):
         assert message in str(error.value)
-    parse_config(["--model-path", "m", "--data-dir", str(tiny_setup["data_dir"]), "--save-dir", "s",
-                  "--deepspeed-config", str(CONFIGS / "zero0_fp32.json")]).validate()
+    valid = ["--model-path", "m", "--data-dir", str(tiny_setup["data_dir"]), "--save-dir", "s",
+             "--deepspeed-config", str(CONFIGS / "zero0_fp32.json")]
+    parse_config(valid).validate()
+    # A teacher path must exist only where the objective loads a teacher (the seqkd scripts pass one either way).
+    parse_config(valid + ["--teacher-model-path", str(tmp_path / "absent")]).validate()
+    with pytest.raises(ValueError, match=f"--teacher-model-path {tmp_path / 'absent'}: no such folder"):
+        parse_config(valid + ["--type", "kd", "--teacher-model-path", str(tmp_path / "absent")]).validate()
 
 
 def test_fp16_with_t5_is_refused(tiny_setup, tmp_path):

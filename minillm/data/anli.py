@@ -81,7 +81,7 @@ def _original_rows(path: Path) -> list[dict]:
 
 
 def read_jsonl_objects(path: Path):
-    """``(\"path:line\", object)`` for every non-blank line of a JSON-lines file; a line that is not UTF-8, not JSON
+    """``("path:line", object)`` for every non-blank line of a JSON-lines file; a line that is not UTF-8, not JSON
     or not a JSON object raises :class:`DataError` naming the file and line."""
     with open(path, "rb") as f:
         for line_no, raw in enumerate(f, 1):

@@ -125,7 +125,8 @@ class TrainConfig:
                 problems.append(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
         if self.lr <= 0:
             problems.append(f"--lr must be > 0 (got {self.lr})")
-        for name in ("model_path", "teacher_model_path", "tokenizer_path"):
+        uses_teacher = self.type in ("kd", "minillm") or (self.type == "seqkd" and self.kd_ratio > 0)
+        for name in ("model_path", "tokenizer_path") + (("teacher_model_path",) if uses_teacher else ()):
             value = getattr(self, name)
             # A hub name (google/flan-t5-xl) is resolved online; a path (absolute, ./, ../, ~) must be a folder here.
             if value is not None and value.startswith(("/", ".", "~")) and not Path(value).expanduser().is_dir():

@@ -21,6 +21,7 @@ from minillm.data.seq2seq import bucketed_batches
 from minillm.engine.config import parse_config
 from minillm.engine.deepspeed_config import check_precision, load_deepspeed_config
 from minillm.engine.distributed import free_port
+from minillm.engine.run_log import RunLog
 from minillm.engine.trainer import lr_factor
 from minillm.evaluation import evaluate
 
@@ -81,6 +82,16 @@ def test_bucketed_batches_cover_once_and_cut_padding():
 
     random_batches = np.random.default_rng(1).permutation(1000).reshape(100, 10)
     assert padding(batches) < 0.2 * padding(random_batches)
+
+
+def test_bucketing_drops_random_examples_not_the_longest():
+    """1,000 examples in batches of 32 leave 8 out each epoch: a random 8, not the 8 longest prompts."""
+    lengths = np.random.default_rng(0).permutation(1000)  # all different: example i has length lengths[i]
+    dropped = [set(range(1000)) - set(np.concatenate(bucketed_batches(lengths, 32, 0, epoch)).tolist())
+               for epoch in range(20)]
+    assert all(len(d) == 8 for d in dropped)
+    assert len(set().union(*dropped)) > 100  # a different few every epoch
+    assert 300 < np.mean([lengths[i] for d in dropped for i in d]) < 700  # the longest would give 995.5
 
 
 def test_deepspeed_config_is_completed_and_checked(tmp_path):
@@ -207,6 +218,36 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(tiny_setup, tmp_p
     shorter = run_sft(tiny_setup, killed, **{**settings, "MAX_STEPS": 20})
     assert shorter.returncode != 0
     assert "is at step 40, past this run's 20 steps; raise --max-steps" in shorter.stdout + shorter.stderr
+    other = run_sft(tiny_setup, killed, **{**settings, "EXTRA_ARGS": settings["EXTRA_ARGS"] + " --select-by accuracy"})
+    assert other.returncode != 0
+    assert "best/ was selected by loss, now --select-by accuracy" in other.stdout + other.stderr
+    state = json.loads((killed / "last" / "trainer_state.json").read_text())
+    assert state["select_by"] == "loss" and state["log_lines"] == len((killed / "metrics.jsonl").read_text().splitlines())
+
+
+def test_resumed_log_drops_what_followed_the_checkpoint(tmp_path):
+    """metrics.jsonl keeps the lines the checkpoint counted (a rollout collection logged after it at its own step
+    goes too); TensorBoard purges the steps after it. Both then read as one run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = RunLog(tmp_path, enabled=True)
+    for step in range(1, 6):
+        log.write({"step": step, "loss": 100.0 + step}, "train")
+    lines_at_checkpoint = log.lines  # a checkpoint at step 5
+    log.write({"step": 5, "rollouts": 64}, "rollout")  # collected for step 6, then the run died
+    log.write({"step": 6, "loss": 106.0}, "train")
+    log.close()
+    log = RunLog(tmp_path, enabled=True, resumed_step=5, resumed_lines=lines_at_checkpoint)
+    log.write({"step": 5, "rollouts": 64}, "rollout")  # collected again
+    log.write({"step": 6, "loss": 6.0}, "train")
+    log.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], "rollouts" in r) for r in records] == [(1, False), (2, False), (3, False), (4, False),
+                                                                 (5, False), (5, True), (6, False)]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
+        (1, 101.0), (2, 102.0), (3, 103.0), (4, 104.0), (5, 105.0), (6, 6.0)]
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -228,11 +269,11 @@ def test_bad_input_fails_with_one_clear_line(tiny_setup, tmp_path, overrides, me
 def test_flags_are_checked_together(tiny_setup, tmp_path):
     config = parse_config(["--model-path", "m", "--data-dir", str(tmp_path), "--save-dir", "s", "--deepspeed-config",
                            str(CONFIGS / "zero0_fp32.json"), "--lr", "0", "--select-by", "rougeL",
-                           "--no-eval-generate", "--batch-size", "0"])
+                           "--no-eval-generate", "--batch-size", "0", "--bucket-window", "0"])
     with pytest.raises(ValueError) as error:
         config.validate()
     for message in ("--lr must be > 0", "--batch-size must be >= 1", "--select-by rougeL needs generation",
-                    f"--data-dir {tmp_path}: no meta.json"):
+                    f"--data-dir {tmp_path}: no meta.json", "--bucket-window must be >= 1"):
         assert message in str(error.value)
     valid = ["--model-path", "m", "--data-dir", str(tiny_setup["data_dir"]), "--save-dir", "s",
              "--deepspeed-config", str(CONFIGS / "zero0_fp32.json")]

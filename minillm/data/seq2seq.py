@@ -62,15 +62,17 @@ def bucketed_batches(lengths: np.ndarray, global_batch_size: int, seed: int, epo
 
     Indices are shuffled with ``(seed, epoch)``, cut into windows of ``window_batches`` global batches, sorted by
     length inside each window, and chunked; the batch order is shuffled again so lengths do not drift through the
-    epoch. The last incomplete batch is dropped so every data-parallel rank always gets the same shape of work.
+    epoch. The ``len % global_batch_size`` examples left over are dropped so every data-parallel rank always gets
+    the same shape of work; they are cut from the shuffled order, before sorting, so they are random examples (a
+    different few every epoch), not the longest prompts of the last window.
     """
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths))
+    n_batches = len(lengths) // global_batch_size
+    order = rng.permutation(len(lengths))[: n_batches * global_batch_size]
     window = global_batch_size * window_batches
     windows = [order[s:s + window] for s in range(0, len(order), window)]
-    order = np.concatenate([w[np.argsort(lengths[w], kind="stable")] for w in windows])
-    n_batches = len(order) // global_batch_size
-    batches = order[: n_batches * global_batch_size].reshape(n_batches, global_batch_size)
+    order = np.concatenate([w[np.argsort(lengths[w], kind="stable")] for w in windows] or [order])
+    batches = order.reshape(n_batches, global_batch_size)
     return [batches[i] for i in rng.permutation(n_batches)]
 
 

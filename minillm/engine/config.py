@@ -117,7 +117,7 @@ class TrainConfig:
         for name in ("model_path", "data_dir", "save_dir", "deepspeed_config"):
             if getattr(self, name) is None:
                 problems.append(f"--{name.replace('_', '-')} is required")
-        for name in ("batch_size", "grad_acc", "epochs", "eval_batch_size", "log_interval"):
+        for name in ("batch_size", "grad_acc", "epochs", "eval_batch_size", "log_interval", "bucket_window"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         for name in ("max_steps", "eval_interval", "save_interval", "warmup_steps", "eval_max_examples"):

@@ -221,11 +221,12 @@ def train(config: TrainConfig) -> dict:
         checkpoint = find_checkpoint(save_dir / "last")
         if checkpoint is None:
             raise ValueError(f"--resume: no complete checkpoint in {save_dir / 'last'}; start without --resume")
-        state.update(load_training_state(engine, checkpoint), total_steps=total_steps)
+        state.update(load_training_state(engine, checkpoint, config.select_by), total_steps=total_steps)
         if state["step"] > total_steps:
             raise ValueError(f"--resume: {checkpoint} is at step {state['step']}, past this run's {total_steps} "
                              "steps; raise --max-steps (or --epochs) to train on")
-    log = RunLog(save_dir, enabled=rank == 0, resumed_step=state["step"] if config.resume else None)
+    log = RunLog(save_dir, enabled=rank == 0, resumed_step=state["step"] if config.resume else None,
+                 resumed_lines=state.get("log_lines") if config.resume else None)
     args = dataclasses.asdict(config)
     log.print(f"train: {data_summary}, {world_size} process(es), "
               f"global batch {global_batch_size}, {steps_per_epoch} steps/epoch, {total_steps} steps, "
@@ -271,6 +272,7 @@ def train(config: TrainConfig) -> dict:
         return {**{k: v / sequences for k, v in totals.items()}, "sequences": int(sequences)}
 
     def save(name: str, metrics: dict | None, with_training_state: bool) -> None:
+        state["log_lines"] = log.lines  # where metrics.jsonl stands at this checkpoint (rank 0 writes both)
         save_checkpoint(engine, tokenizer, save_dir / name, args=args, trainer_state=dict(state), metrics=metrics,
                         with_training_state=with_training_state)
 

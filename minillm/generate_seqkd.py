@@ -117,11 +117,29 @@ def output_record(record: dict, ids: list[int], sample: int, tokenizer, eos_toke
 
 
 def write_outputs(out_dir: Path, items, outputs: dict, split: str, meta: dict, tokenizer, eos_token_id: int) -> dict:
-    """Rank 0: the records per round, then meta.json, in a temporary folder renamed into place. Returns the
-    figures added to meta (counts, unfinished outputs, teacher answers that match the gold label)."""
+    """Rank 0: the records per round, then meta.json, in a temporary folder renamed into place (the previous
+    output moved aside first and removed last, so a crash leaves one complete folder, as ``NAME`` or ``.NAME.old``).
+    Returns the figures added to meta (counts, unfinished outputs, teacher answers that match the gold label). An
+    OSError leaves no temporary folder behind."""
     staging = out_dir.parent / f".{out_dir.name}.tmp"
     if staging.exists():
         shutil.rmtree(staging)
+    try:
+        meta = _write_staging(staging, items, outputs, split, meta, tokenizer, eos_token_id)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = out_dir.parent / f".{out_dir.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    os.replace(staging, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return meta
+
+
+def _write_staging(staging: Path, items, outputs: dict, split: str, meta: dict, tokenizer, eos_token_id: int) -> dict:
+    """``staging/{round}/{split}.jsonl`` and ``staging/meta.json``; returns meta with the counts added."""
     files, stats = {}, {"outputs": 0, "unfinished": 0, "unparsed": 0, "agree_with_gold": 0}
     for i, (record, _) in enumerate(items):
         if record["round"] not in files:
@@ -138,9 +156,6 @@ def write_outputs(out_dir: Path, items, outputs: dict, split: str, meta: dict, t
         f.close()
     meta = {**meta, **stats}
     (staging / "meta.json").write_text(json.dumps(meta, indent=1))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
     return meta
 
 
@@ -153,6 +168,11 @@ def main(argv=None) -> int:
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
         data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"--out-dir {out_dir}: exists and is not a folder")
+        out_dir.parent.mkdir(parents=True, exist_ok=True)  # before the (long) generation: fails here, not after
+        if not os.access(out_dir.parent, os.W_OK):
+            raise ValueError(f"--out-dir {out_dir}: {out_dir.parent} is not writable")
         gold_meta = read_meta(data_dir)
         items = load_prompts(data_dir, args.rounds, args.split)
         dtype = args.dtype
@@ -177,6 +197,7 @@ def main(argv=None) -> int:
               f"process(es), {args.decoding}, {args.num_samples} output(s) each, {dtype}, teacher {args.model_path}",
               flush=True)
     started = time.perf_counter()
+    status = 0
     with tqdm(total=len(mine), disable=rank != 0, desc="generate (process 0)", dynamic_ncols=True) as progress:
         outputs = generate_share(model, adapter, [p for _, p in items], mine, args, device, progress)
     gathered = [None] * world_size
@@ -197,14 +218,20 @@ def main(argv=None) -> int:
                 "num_samples": args.num_samples, "max_new_tokens": args.max_new_tokens, "dtype": dtype,
                 "seed": args.seed, "processes": world_size, "prompts": len(items),
                 "prompts_per_process": [len(part) for part in gathered]}
-        meta = write_outputs(out_dir, items, merged, args.split, meta, tokenizer, adapter.eos_token_id)
-        seconds = time.perf_counter() - started
-        print(f"generate_seqkd: {meta['outputs']} outputs in {seconds:.1f}s ({len(items) / seconds:.1f} prompts/s); "
-              f"{meta['unfinished']} without EOS, {meta['unparsed']} unparsed, teacher answer = gold label for "
-              f"{100.0 * meta['agree_with_gold'] / meta['outputs']:.1f}% -> {out_dir}", flush=True)
+        try:
+            meta = write_outputs(out_dir, items, merged, args.split, meta, tokenizer, adapter.eos_token_id)
+        except OSError as e:  # a full disk, a folder made read-only meanwhile
+            print(f"generate_seqkd: error: --out-dir {out_dir}: cannot write the outputs ({e.strerror or e})",
+                  file=sys.stderr)
+            status = 2
+        else:
+            seconds = time.perf_counter() - started
+            print(f"generate_seqkd: {meta['outputs']} outputs in {seconds:.1f}s ({len(items) / seconds:.1f} "
+                  f"prompts/s); {meta['unfinished']} without EOS, {meta['unparsed']} unparsed, teacher answer = gold "
+                  f"label for {100.0 * meta['agree_with_gold'] / meta['outputs']:.1f}% -> {out_dir}", flush=True)
     if world_size > 1:
-        dist.barrier()
-    return 0
+        dist.barrier()  # every rank waits for rank 0's writing, failed or not
+    return status
 
 
 if __name__ == "__main__":

@@ -20,6 +20,11 @@ case "$TRAIN_ROUND" in
   r1 | r2 | r3 | all) ;;
   *) echo "run_default.sh: TRAIN_ROUND=$TRAIN_ROUND; use r1, r2, r3 or all" >&2; exit 2 ;;
 esac
+NUM_GPUS="${NUM_GPUS:-1}"
+case "$NUM_GPUS" in  # the global batches (16 pairs, 64 rollouts) are split evenly over the processes
+  1 | 2 | 4 | 8 | 16) ;;
+  *) echo "run_default.sh: NUM_GPUS=$NUM_GPUS; use 1, 2, 4, 8 or 16 (processes that split a batch of 16)" >&2; exit 2 ;;
+esac
 bash "$BASE/install.sh"
 source "$BASE/t5-scripts/common.sh"
 export HF_HUB_OFFLINE=1
@@ -65,7 +70,7 @@ TRAIN_ARGS+=" --seed $SEED"
 # train_tiny SCRIPT CHECKPOINT OUT STEPS LR WARMUP_STEPS (SCRIPT relative to t5-scripts/; DATA_DIR=... for one call)
 train_tiny() {
   CKPT="$2" SAVE_DIR="$3" MAX_STEPS="$4" LR="$5" WARMUP_STEPS="$6" DATA_DIR="$DATA_DIR" \
-    NUM_GPUS="${NUM_GPUS:-1}" BATCH_SIZE=$((16 / ${NUM_GPUS:-1})) GRAD_ACC=1 \
+    NUM_GPUS="$NUM_GPUS" BATCH_SIZE=$((16 / NUM_GPUS)) GRAD_ACC=1 \
     DS_CONFIG="$BASE/configs/deepspeed/zero0_fp32.json" EVAL_INTERVAL=$(($4 / 2)) SAVE_INTERVAL=0 \
     EXTRA_ARGS="$TRAIN_ARGS" bash "$BASE/t5-scripts/$1" "$BASE"
 }
@@ -89,7 +94,7 @@ TEACHER_CKPT="$RESULTS/sft/teacher/best" SELECT_BY=loss \
 
 step "8/11 SeqKD data: the SFT teacher's greedy outputs for every training prompt of $TRAIN_ROUND -> $RESULTS/seqkd_gen, shards -> $WORK/processed_data/seqkd"
 TEACHER_CKPT="$RESULTS/sft/teacher/best" DATA_DIR="$DATA_DIR" GEN_DIR="$RESULTS/seqkd_gen" ROUNDS="$TRAINED_ROUNDS" \
-  BATCH_SIZE=256 MAX_NEW_TOKENS=16 bash "$BASE/t5-scripts/tools/generate_data_seqkd.sh" "$BASE" "${NUM_GPUS:-1}"
+  BATCH_SIZE=256 MAX_NEW_TOKENS=16 bash "$BASE/t5-scripts/tools/generate_data_seqkd.sh" "$BASE" "$NUM_GPUS"
 GEN_DIR="$RESULTS/seqkd_gen" DATA_DIR="$DATA_DIR" OUT_DIR="$WORK/processed_data/seqkd" \
   bash "$BASE/t5-scripts/tools/process_pseudo_data_seqkd.sh" "$BASE"
 
@@ -104,8 +109,8 @@ step "10/11 MiniLLM of the SFT student from the SFT teacher (train_small_xl.sh) 
 # tiny model. Step 0 is evaluated too: it is the SFT student.
 MINILLM_STEPS="${MINILLM_STEPS:-256}"
 CKPT="$RESULTS/sft/student/best" TEACHER_CKPT="$RESULTS/sft/teacher/best" PROMPT_DATA_DIR="$DATA_DIR" \
-  LM_DATA_DIR="$DATA_DIR" DATA_DIR="$DATA_DIR" SAVE_DIR="$RESULTS/minillm/student" NUM_GPUS="${NUM_GPUS:-1}" \
-  BATCH_SIZE=$((16 / ${NUM_GPUS:-1})) GRAD_ACC=1 CHUNK_SIZE=$((64 / ${NUM_GPUS:-1})) NUM_ROLLOUTS=64 PPO_EPOCHS=4 \
+  LM_DATA_DIR="$DATA_DIR" DATA_DIR="$DATA_DIR" SAVE_DIR="$RESULTS/minillm/student" NUM_GPUS="$NUM_GPUS" \
+  BATCH_SIZE=$((16 / NUM_GPUS)) GRAD_ACC=1 CHUNK_SIZE=$((64 / NUM_GPUS)) NUM_ROLLOUTS=64 PPO_EPOCHS=4 \
   MAX_NEW_TOKENS=8 LR=5e-4 WARMUP_STEPS=4 MAX_STEPS="$MINILLM_STEPS" EVAL_INTERVAL=$((MINILLM_STEPS / 2)) \
   SAVE_INTERVAL="$MINILLM_STEPS" DS_CONFIG="$BASE/configs/deepspeed/zero0_fp32.json" EXTRA_ARGS="$TRAIN_ARGS" \
   bash "$BASE/t5-scripts/minillm/train_small_xl.sh" "$BASE"

@@ -82,3 +82,15 @@ def test_offline_gpu_bench_refuses_with_one_line(tmp_path):
     assert refusal("pack", str(tmp_path / "new"), ANLI=str(tmp_path)).endswith(
         "not found: set ANLI to the ANLI folder in the Hugging Face layout")
     assert not (tmp_path / "new").exists() and not (tmp_path / "new.tmp").exists()
+
+
+@pytest.mark.parametrize("tool, args, message", [
+    ("bench_minillm_step.py", ["--cycles", "0"], "--cycles must be >= 1, got 0"),
+    ("bench_minillm_step.py", ["--threads", "-1"],
+     "--vocab-size must be >= 3 (pad, EOS and one more) and --threads >= 0"),
+    ("bench_fused_kernels.py", ["--vocab-size", "2"], "--vocab-size must be >= 3, got 2"),
+])
+def test_step_benchmarks_check_their_flags(tool, args, message):
+    done = subprocess.run([sys.executable, str(REPO / "tools" / tool), *args], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == f"{tool}: error: {message}"

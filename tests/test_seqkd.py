@@ -82,6 +82,14 @@ def test_generation_refuses_greedy_with_several_samples(tiny_setup, tmp_path):
     assert done.returncode == 2 and "--num-samples 3 needs --decoding sample" in done.stderr
     assert not (tmp_path / "gen").exists()
 
+    (tmp_path / "a_file").write_text("")  # an --out-dir that cannot be written is refused before generating
+    done = subprocess.run(
+        [sys.executable, "-m", "minillm.generate_seqkd", "--model-path", str(tiny_setup["models"] / "tiny-teacher"),
+         "--data-dir", str(tiny_setup["data_dir"]), "--out-dir", str(tmp_path / "a_file")],
+        capture_output=True, text=True, timeout=120, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 2 and "a_file: exists and is not a folder" in done.stderr
+    assert "Traceback" not in done.stderr and "generate (process 0)" not in done.stderr
+
 
 @pytest.fixture(scope="module")
 def pseudo(tiny_setup, generated) -> Path:

@@ -293,3 +293,12 @@ def test_tool_rejects_bad_sizes_with_one_line(repo_root, tmp_path, args, message
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
     assert not (tmp_path / "plain_text").exists()
+
+
+def test_tool_refuses_an_out_that_is_a_file_with_one_line(repo_root, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    result = _run_tool(repo_root, "--out", str(tmp_path / "a_file"), "--train-per-round", "3")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"make_synthetic_nli.py: error: --out {tmp_path / 'a_file'}: cannot create "
+        f"{tmp_path / 'a_file' / 'plain_text'} (Not a directory)"]

@@ -308,3 +308,12 @@ def test_cli_reports_bad_input_on_one_line(tmp_path):
                      cwd=tmp_path)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == ["make_tiny_models: missing.txt: corpus file not found"]
+
+    result = run_cli("--out", "models", "--presets", "tiny-student", "--train-tokenizer-on", "missing.txt",
+                     "--vocab-size", "0", cwd=tmp_path)
+    assert result.returncode == 2 and "--vocab-size must be >= 4" in result.stderr.strip().splitlines()[-1]
+
+
+def test_tokenizer_training_errors_are_one_line_value_errors(tmp_path):
+    with pytest.raises(ValueError, match="a 5-piece tokenizer cannot be trained on this corpus: .*smaller than"):
+        train_tokenizer(["The quick brown fox jumps over the lazy dog."] * 20, tmp_path / "tok", vocab_size=5)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 import time
 from pathlib import Path
@@ -81,6 +82,11 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES),
                    help="fp32 (default; bf16 matmuls are very slow on CPUs without AVX512-BF16 or AMX)")
     args = p.parse_args(argv)
+    for name in ("num_rollouts", "chunk_size", "batch_size", "ppo_epochs", "prompt_length", "max_new_tokens", "cycles"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.vocab_size < 3 or args.threads < 0:
+        p.error("--vocab-size must be >= 3 (pad, EOS and one more) and --threads >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
@@ -151,7 +157,7 @@ def main(argv=None) -> None:
     for name, seconds in breakdown.items():
         print(f"  {name:26s} {seconds:7.3f} s  {100 * seconds / mean['total']:5.1f} %")
     print(f"  {'cycle':26s} {mean['total']:7.3f} s  ({mean['total'] / steps:.3f} s per optimizer step)")
-    batches = args.num_rollouts / args.chunk_size
+    batches = math.ceil(args.num_rollouts / args.chunk_size)  # sampling batches per collection, the last one short
     print(f"teacher calls per cycle: {mean['encoder_calls']:.0f} encoder passes ({mean['encoder_calls'] / batches:.2f} "
           f"per sampling batch) and {mean['decoder_calls']:.0f} incremental decoder steps "
           f"({mean['decoder_calls'] / (batches * args.max_new_tokens):.2f} per sampled position): teacher passes per "

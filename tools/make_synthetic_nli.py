@@ -46,10 +46,17 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     try:
+        (args.out / "plain_text").mkdir(parents=True, exist_ok=True)  # before the (longer) generation
+    except OSError as err:
+        fail(f"--out {args.out}: cannot create {args.out / 'plain_text'} ({err.strerror or err})")
+    try:
         data = generate(args.seed, args.train_per_round, args.dev_per_round, args.test_per_round)
     except ValueError as err:  # a round without room for that many distinct examples
         fail(str(err))
-    folder = write_hf_layout(data, args.out)
+    try:
+        folder = write_hf_layout(data, args.out)
+    except OSError as err:  # a full disk, a folder made read-only meanwhile
+        fail(f"--out {args.out}: cannot write the data ({err.strerror or err})")
     for (round_name, split), records in data.items():
         counts = Counter(record["label"] for record in records)
         labels = ", ".join(f"{name} {counts[label]}" for label, name in enumerate(LABEL_NAMES))

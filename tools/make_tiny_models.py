@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.vocab_size is not None and args.tokenizer is not None:
         parser.error("--vocab-size applies only with --train-tokenizer-on")
+    if args.vocab_size is not None and args.vocab_size < 4:
+        parser.error(f"--vocab-size must be >= 4 (pad, EOS, unk and at least one piece), got {args.vocab_size}")
     return args
 
 

@@ -32,6 +32,8 @@ def parse_shape_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Nam
     args = parser.parse_args(argv)
     if min(args.batch_size, args.prompt_length, args.target_length, args.iterations) < 1 or args.threads < 0:
         parser.error("sizes and --iterations must be >= 1, --threads >= 0")
+    if args.vocab_size < 3:  # random batches draw token ids from [2, vocab_size): pad and EOS left out
+        parser.error(f"--vocab-size must be >= 3, got {args.vocab_size}")
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     return args
 

@@ -177,10 +177,11 @@ def train_tokenizer(
             minloglevel=2,
             **_T5_SPECIAL_PIECES,
         )
-    except RuntimeError as err:
+    except RuntimeError as err:  # SentencePiece reports every bad setting this way
         limit = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", str(err))
         if limit is None:
-            raise
+            raise ValueError(f"a {vocab_size}-piece tokenizer cannot be trained on this corpus: "
+                             f"{str(err).strip().splitlines()[0]}") from None
         raise ValueError(
             f"corpus too small for a {vocab_size}-piece vocabulary: it allows at most {limit.group(1)} pieces; "
             "lower the vocabulary size or add text"

@@ -37,6 +37,7 @@ from .data.indexed_dataset import ShardedIndexedDataset
 from .data.seq2seq import read_meta
 from .engine.distributed import device_for, init_distributed
 from .evaluation import parse_answer
+from .folders import replace_folder
 from .models.adapter import IGNORE_INDEX, Seq2SeqAdapter, collate_prompts
 
 
@@ -117,8 +118,8 @@ def output_record(record: dict, ids: list[int], sample: int, tokenizer, eos_toke
 
 
 def write_outputs(out_dir: Path, items, outputs: dict, split: str, meta: dict, tokenizer, eos_token_id: int) -> dict:
-    """Rank 0: the records per round, then meta.json, in a temporary folder renamed into place (the previous
-    output moved aside first and removed last, so a crash leaves one complete folder, as ``NAME`` or ``.NAME.old``).
+    """Rank 0: the records per round, then meta.json, in a temporary folder renamed into place
+    (:func:`minillm.folders.replace_folder`: the previous output is moved aside first and removed last).
     Returns the figures added to meta (counts, unfinished outputs, teacher answers that match the gold label). An
     OSError leaves no temporary folder behind."""
     staging = out_dir.parent / f".{out_dir.name}.tmp"
@@ -129,12 +130,7 @@ def write_outputs(out_dir: Path, items, outputs: dict, split: str, meta: dict, t
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    old = out_dir.parent / f".{out_dir.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        out_dir.rename(old)
-    os.replace(staging, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(staging, out_dir)
     return meta
 
 

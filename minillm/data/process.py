@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..folders import replace_folder
 from .anli import ROUNDS, SPLITS, DataError, load_raw, read_jsonl_objects
 from .indexed_dataset import best_fitting_dtype, separator_id, write_indexed_dataset
 from .templates import TARGET_KINDS, get_template
@@ -39,12 +40,6 @@ TEXT_FIELDS = ("uid", "round", "premise", "hypothesis", "label", "reason", "prom
 
 def log(message: str) -> None:
     print(f"[process_data_anli] {message}", flush=True)
-
-
-def _replace_dir(staging: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
 
 
 def _write_jsonl(path: Path, records) -> None:
@@ -87,7 +82,7 @@ def build_text(raw_dir: Path, out_dir: Path, template_name: str, target_kind: st
     meta = {"raw_dir": str(raw_dir), "template": template_name, "target": target_kind, "examples": counts}
     (staging / "meta.json").write_text(json.dumps(meta, indent=1))
     if publish:
-        _replace_dir(staging, out_dir / "text")
+        replace_folder(staging, out_dir / "text")
     return counts
 
 
@@ -386,9 +381,9 @@ def build_shards(out_dir: Path, tokenizer_name: str, max_prompt_length: int = 51
             "splits": summary}
     (out_dir / "meta.json").unlink(missing_ok=True)
     if staged_text:
-        _replace_dir(text_dir, out_dir / "text")
+        replace_folder(text_dir, out_dir / "text")
     for kind in ("full", "prompt"):
-        _replace_dir(staging / kind, out_dir / kind)
+        replace_folder(staging / kind, out_dir / kind)
     shutil.rmtree(staging)
     tmp_meta = out_dir / ".meta.json.tmp"
     tmp_meta.write_text(json.dumps(meta, indent=1))

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..folders import replace_folder
 from .distributed import barrier
 
 STATE_TAG = "state"
@@ -70,12 +71,7 @@ def save_checkpoint(engine, tokenizer, folder: Path, *, args: dict, trainer_stat
             _write_json(tmp / "metrics.json", metrics)
     barrier()  # every rank's files (its RNG state) are in NAME.tmp before it is renamed
     if rank == 0:
-        old = folder.with_name(folder.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, folder)
     barrier()
 
 

@@ -222,7 +222,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(tiny_setup, tmp_p
     assert other.returncode != 0
     assert "best/ was selected by loss, now --select-by accuracy" in other.stdout + other.stderr
     state = json.loads((killed / "last" / "trainer_state.json").read_text())
-    assert state["select_by"] == "loss" and state["log_lines"] == len((killed / "metrics.jsonl").read_text().splitlines())
+    logged = (killed / "metrics.jsonl").read_text().splitlines()
+    assert state["select_by"] == "loss" and state["log_lines"] == len(logged)
 
 
 def test_resumed_log_drops_what_followed_the_checkpoint(tmp_path):
@@ -248,6 +249,10 @@ def test_resumed_log_drops_what_followed_the_checkpoint(tmp_path):
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
         (1, 101.0), (2, 102.0), (3, 103.0), (4, 104.0), (5, 105.0), (6, 6.0)]
+
+    # A checkpoint without a line count (saved before it was recorded): the lines up to its step are kept.
+    RunLog(tmp_path, enabled=True, resumed_step=4).close()
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("overrides, message", [

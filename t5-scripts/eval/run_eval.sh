@@ -2,8 +2,8 @@
 # Evaluate checkpoints on ANLI (rank classification, greedy generation, Rouge-L, loss; per round and overall).
 #   CKPTS="CKPT1 CKPT2 ..." bash t5-scripts/eval/run_eval.sh [BASE]
 # Environment: CKPTS (required; checkpoint folders separated by spaces, or one per line for paths with spaces),
-# DATA_DIR [BASE/processed_data/anli/flan-label], SPLIT [test], BATCH_SIZE [32], MAX_NEW_TOKENS [16], EXTRA_ARGS (more flags for python -m minillm.evaluate,
-# e.g. "--dtype bf16 --max-examples 200").
+# DATA_DIR [BASE/processed_data/anli/flan-label], SPLIT [test], BATCH_SIZE [32], MAX_NEW_TOKENS [16], EXTRA_ARGS
+# (more flags for python -m minillm.evaluate, e.g. "--dtype bf16 --max-examples 200").
 # One process scores the checkpoints in turn; each one's results.json and predictions.jsonl go to CKPT/eval/SPLIT/,
 # and a summary line per checkpoint ends the output.
 set -euo pipefail

@@ -18,7 +18,8 @@ Three rounds of rising difficulty, like ANLI's R1-R3:
 No annotation artifacts: each example first draws its hypothesis from a pool that does not depend on the label, and
 only then builds a premise that makes that hypothesis entailed, contradicted or undecided. Negations, wordings and
 lengths of hypotheses are therefore distributed alike under all three labels, and only the pair decides the label.
-Within a round no (premise, hypothesis) pair occurs twice, so dev and test never repeat a training pair.
+Within a round no (premise, hypothesis) pair occurs twice, so dev and test never repeat a training pair. The
+evaluation splits are drawn first, so a seed's dev and test sets are the same whatever the training size.
 
 All randomness comes from ``random.Random`` instances seeded from (seed, round, split): the same seed always gives
 the same data, on any machine and Python hash seed.
@@ -37,6 +38,7 @@ from pathlib import Path
 
 ROUNDS = ("r1", "r2", "r3")
 SPLITS = ("train", "dev", "test")
+GENERATION_ORDER = ("test", "dev", "train")
 ENTAILMENT, NEUTRAL, CONTRADICTION = 0, 1, 2
 LABEL_NAMES = ("entailment", "neutral", "contradiction")
 
@@ -454,7 +456,9 @@ def generate(seed: int = 0, train_per_round: int = 3000, dev_per_round: int = 30
     for round_name in ROUNDS:
         build, paraphrase = ROUND_BUILDERS[round_name], round_name in PARAPHRASED_ROUNDS
         seen_pairs: set[tuple[str, str]] = set()  # shared by the round's splits: no pair in two splits
-        for split in SPLITS:
+        # Test, then dev, then train: the training pairs avoid the evaluation pairs, so that dev and test do not
+        # depend on the training size (r1 is small enough for the splits to collide often).
+        for split in GENERATION_ORDER:
             # A string seed is hashed with SHA-512, independent of PYTHONHASHSEED.
             rng = random.Random(f"synthetic-nli:{seed}:{round_name}:{split}")
             labels = [ENTAILMENT, NEUTRAL, CONTRADICTION] * (sizes[split] // 3)
@@ -473,7 +477,7 @@ def generate(seed: int = 0, train_per_round: int = 3000, dev_per_round: int = 30
                 records.append({"uid": f"syn-{round_name}-{split}-{index:06d}", "premise": pair[0],
                                 "hypothesis": pair[1], "label": label, "reason": example.reason})
             data[(round_name, split)] = records
-    return data
+    return {(round_name, split): data[(round_name, split)] for round_name in ROUNDS for split in SPLITS}
 
 
 def hf_file_name(round_name: str, split: str) -> str:

@@ -48,7 +48,6 @@ def test_same_seed_gives_identical_data_and_another_seed_differs(data):
         assert len(pairs & other_pairs) < len(pairs) // 2, key
 
 
-
 def test_dev_and_test_do_not_depend_on_the_training_size(data):
     """r1's pairs collide often (under 5,000 distinct entailments), so training pairs drawn before the evaluation
     pairs would push dev and test onto other pairs for every training size."""
@@ -57,6 +56,7 @@ def test_dev_and_test_do_not_depend_on_the_training_size(data):
         for split in ("dev", "test"):
             assert smaller[(round_name, split)] == data[(round_name, split)], (round_name, split)
     assert list(smaller) == [(round_name, split) for round_name in ROUNDS for split in SPLITS]
+
 
 def test_writing_twice_gives_byte_identical_files_that_read_back_as_the_data(data, written, tmp_path):
     second = write_hf_layout(data, tmp_path)

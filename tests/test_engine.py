@@ -17,7 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from minillm.data.seq2seq import bucketed_batches
+from minillm.data.seq2seq import Seq2SeqExamples, bucketed_batches
+from minillm.engine.batches import padding_fraction
 from minillm.engine.config import parse_config
 from minillm.engine.deepspeed_config import check_precision, load_deepspeed_config
 from minillm.engine.distributed import free_port
@@ -140,6 +141,33 @@ def test_data_parallel_and_accumulation_match_one_big_batch(tiny_setup, tmp_path
     assert [r["step"] for r in train_lines] == [1, 2, 3, 4, 5, 6]
     assert train_lines[0]["lr"] == pytest.approx(0.5)  # warmup step 1 of 2
     assert all(0.0 <= r["padding"] < 0.5 for r in train_lines)
+    # the logged padding is the count over both processes' micro-batches, as tools/padding_fraction.py computes it
+    args = json.loads((tmp_path / "two_b4" / "last" / "args.json").read_text())
+    examples = Seq2SeqExamples(tiny_setup["data_dir"], args["train_round"], "train", args["max_prompt_length"],
+                               args["max_target_length"])
+    for r in train_lines:
+        expected = padding_fraction(examples, [r["step"] - 1], 4, 1, 2, args["seed"], args["bucket_window"], 0)
+        assert r["padding"] == pytest.approx(expected, abs=1e-12), r["step"]
+
+
+def test_padding_fraction_tool(tiny_setup):
+    tool = [sys.executable, str(REPO / "tools" / "padding_fraction.py"), "--data-dir", str(tiny_setup["data_dir"])]
+    done = subprocess.run(tool + ["--round", "all", "--batch-size", "8", "--bucket-window", "10", "--seed", "3"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    examples = Seq2SeqExamples(tiny_setup["data_dir"], "all", "train")  # three rounds: prompt lengths vary
+    steps = range(len(examples) // 8)
+    bucketed, random_batches = (padding_fraction(examples, steps, 8, 1, 1, 3, window, 0) for window in (10, 1))
+    assert bucketed < 0.5 * random_batches
+    assert (f"padding fraction: {bucketed:.4f} with --bucket-window 10, {random_batches:.4f} with --bucket-window 1"
+            in done.stdout)
+    for bad, message in ((["--batch-size", "0"], "--batch-size must be >= 1"),
+                         (["--batch-size", "1000"], "fewer than one global batch (1000)")):
+        done = subprocess.run(tool + bad, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+    done = subprocess.run(tool[:-1] + [str(tiny_setup["work"] / "missing")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "meta.json: missing" in done.stderr, done.stderr
 
 
 def test_zero3_two_processes_trains_and_saves_loadable_checkpoint(tiny_setup, tmp_path):

@@ -15,7 +15,7 @@ import torch
 
 from ..data.indexed_dataset import ShardedIndexedDataset
 from ..data.seq2seq import bucketed_batches, rank_slice
-from ..models.adapter import collate, collate_prompts
+from ..models.adapter import IGNORE_INDEX, collate, collate_prompts
 from .distributed import all_reduce_sum, all_reduce_sum_
 
 
@@ -49,6 +49,27 @@ class SupervisedBatches:
 
     def pop_stats(self) -> dict | None:
         return None
+
+
+def token_cells(batch: dict) -> tuple[int, int]:
+    """(real tokens, computed cells) of a micro-batch, over the encoder input and the decoder target: its padding
+    fraction is ``1 - real / cells``."""
+    real = int(batch["attention_mask"].sum()) + int((batch["labels"] != IGNORE_INDEX).sum())
+    return real, batch["input_ids"].numel() + batch["labels"].numel()
+
+
+def padding_fraction(examples, steps, batch_size: int, grad_acc: int, world_size: int, seed: int, bucket_window: int,
+                     pad_token_id: int) -> float:
+    """Padded share of the cells that all ``world_size`` processes compute over optimizer ``steps`` of
+    :class:`SupervisedBatches`: the ``padding`` the trainer logs over those steps."""
+    real = cells = 0
+    for rank in range(world_size):
+        source = SupervisedBatches(examples, batch_size, grad_acc, rank, world_size, seed, bucket_window, pad_token_id)
+        for step in steps:
+            for batch in source.micro_batches(step):
+                batch_real, batch_cells = token_cells(batch)
+                real, cells = real + batch_real, cells + batch_cells
+    return 1.0 - real / cells
 
 
 class Prompts:

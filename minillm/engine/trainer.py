@@ -27,10 +27,10 @@ import torch
 
 from ..data.seq2seq import Seq2SeqExamples, read_meta
 from ..evaluation import evaluate, format_table
-from ..models.adapter import IGNORE_INDEX, Seq2SeqAdapter
+from ..models.adapter import Seq2SeqAdapter
 from ..models.fused import fuse_elementwise
 from ..objectives import build_objective
-from .batches import Prompts, RolloutBatches, SupervisedBatches, parameters_gathered, prompt_batches
+from .batches import Prompts, RolloutBatches, SupervisedBatches, parameters_gathered, prompt_batches, token_cells
 from .checkpoint import find_checkpoint, load_training_state, save_checkpoint
 from .config import TrainConfig
 from .deepspeed_config import (check_precision, engine_config, load_deepspeed_config, master_weights_in_trainer,
@@ -141,12 +141,6 @@ def _to_device(batch: dict, device) -> dict:
     """Tensors moved to ``device``, nested dicts (a gold batch riding with rollouts) too; other values as they are."""
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else
             _to_device(v, device) if isinstance(v, dict) else v for k, v in batch.items()}
-
-
-def _padding_cells(batch: dict) -> tuple[int, int]:
-    """(real tokens, computed cells) over the encoder input and the decoder target."""
-    real = int(batch["attention_mask"].sum()) + int((batch["labels"] != IGNORE_INDEX).sum())
-    return real, batch["input_ids"].numel() + batch["labels"].numel()
 
 
 def _new_window(device) -> dict:
@@ -296,7 +290,7 @@ def train(config: TrainConfig) -> dict:
         scale = world_size * config.grad_acc / global_units
         lr = scheduler.get_last_lr()[0]  # the rate this step uses
         for batch in micro_batches:
-            real, cells = _padding_cells(batch)
+            real, cells = token_cells(batch)
             window["real"] += real
             window["cells"] += cells
             output = objective(engine, _to_device(batch, device))

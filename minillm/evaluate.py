@@ -31,7 +31,7 @@ class InputError(Exception):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m minillm.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m minillm.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-path", required=True, nargs="+",
                         help="checkpoint folder(s) (Hugging Face layout), evaluated in turn")
     parser.add_argument("--data-dir", required=True, help="output folder of process_data_anli.sh")

@@ -100,13 +100,35 @@ def test_cpu_dropout_rate_scale_and_backward(p):
     # binomial standard deviation sqrt(p (1 - p) / n) <= 5e-4: 6 of them
     assert abs(float(dropped.double().mean()) - p) < 3e-3
     kept_scale = (y[~dropped] / x[~dropped]).detach()
-    scale = 2**31 / (2**31 - round(p * 2**31))
+    scale = 2**16 / (2**16 - round(p * 2**16))
     assert torch.allclose(kept_scale, torch.full_like(kept_scale, scale), rtol=1e-12)
-    assert abs(scale - 1 / (1 - p)) < 1e-8
+    assert abs(scale - 1 / (1 - p)) < 4e-5
     (grad,) = torch.autograd.grad(y, x, torch.ones_like(y))  # dy/dx = keep * scale, the forward mask
     assert torch.equal(grad == 0, dropped) and torch.allclose(grad[~dropped], kept_scale)
     torch.manual_seed(1)
     assert torch.equal(cpu_dropout(x, p, training=True), y)  # the global torch seed fixes the mask
+
+
+def test_cpu_dropout_lanes_are_independent():
+    """Four elements share one 64-bit draw: each lane position must drop at rate p, neighbours independently
+    (P(both dropped) = p^2), also for a shape that does not fill the last draw and for a non-contiguous input."""
+    p = 0.25
+    torch.manual_seed(2)
+    x = torch.ones(999_999, dtype=torch.float32)
+    dropped = (cpu_dropout(x, p, training=True) == 0).double()
+    for lane in range(4):  # binomial sd sqrt(p (1 - p) / 250,000) < 9e-4
+        assert abs(float(dropped[lane::4].mean()) - p) < 5e-3, lane
+    both = dropped[:-1] * dropped[1:]
+    assert abs(float(both.mean()) - p * p) < 3e-3  # sd < 4e-4
+    transposed = torch.ones(300, 401).t()
+    y = cpu_dropout(transposed, p, training=True)
+    assert y.shape == (401, 300) and abs(float((y == 0).double().mean()) - p) < 6e-3
+
+
+def test_cpu_dropout_rate_is_quantised_to_sixteen_bits():
+    x = torch.ones(100_000)
+    assert cpu_dropout(x, 2**-18, training=True) is x  # round(p * 2^16) = 0: nothing to drop
+    assert torch.equal(cpu_dropout(x, 1 - 2**-18, training=True), torch.zeros_like(x))
 
 
 def test_cpu_dropout_identity_cases():

@@ -13,11 +13,13 @@ the activations (and each output kept for the backward pass):
 the norm keeps its ``weight`` (only its class changes), the activation has no parameters.
 
 On a CPU it also replaces dropout. torch's CPU dropout draws its mask with ``bernoulli_``, which runs serially at
-about 7 ns an element for bf16 (a fifth of a flan-t5-small training step); :func:`cpu_dropout` compares one 31-bit
-integer from ``random_()`` per element with a threshold instead (about 2.5 ns), which is dropout with probability
-``round(p * 2^31) / 2^31`` (within 5e-10 of ``p``) and the matching ``1 / (1 - p)`` rescaling. It covers the
-``nn.Dropout`` modules and, through a registered attention function (T5's eager attention with this dropout), the
-attention probabilities. GPUs keep torch's dropout, whose fused kernel is already fast there.
+about 7 ns an element for bf16 (a fifth of a flan-t5-small training step); :func:`cpu_dropout` draws 64 random bits
+per four elements instead (``random_`` over the full int64 range, viewed as four int16 lanes) and keeps an element
+when its 16-bit lane is at or above a threshold (about 0.7 ns an element): dropout with probability
+``round(p * 2^16) / 2^16`` (within 8e-6 of ``p``) and the matching ``1 / (1 - p)`` rescaling, applied as one multiply
+by a mask that holds either the rescaling or zero. It covers the ``nn.Dropout`` modules and, through a registered
+attention function (T5's eager attention with this dropout), the attention probabilities. GPUs keep torch's dropout,
+whose fused kernel is already fast there.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.activations import NewGELUActivation
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
-_INT31 = 2**31  # random_() on int32 draws uniformly from [0, 2^31)
+_LANE_VALUES = 2**16  # a mask lane is one int16: 2^16 equally likely values, from -2^15 to 2^15 - 1
 
 
 class TanhGELU(nn.Module):
@@ -50,32 +52,43 @@ class FusedT5LayerNorm(T5LayerNorm):
         return nn.functional.rms_norm(hidden_states.to(dtype), weight.shape, weight.to(dtype), self.variance_epsilon)
 
 
-class _IntegerThresholdDropout(torch.autograd.Function):
-    """``y = x * keep / (1 - p')`` with ``keep = (u >= round(p * 2^31))``, u uniform on [0, 2^31), so that
-    ``P(drop) = p' = round(p * 2^31) / 2^31``; the backward pass reuses the mask: ``dx = dy * keep / (1 - p')``."""
+def _dropout_mask(like: torch.Tensor, dropped_values: int) -> torch.Tensor:
+    """``keep / (1 - p')`` in the dtype and shape of ``like``, with ``P(keep = 0) = p' = dropped_values / 2^16``.
+
+    Each element reads its own 16 bits of a tensor filled by ``random_`` over the whole int64 range (all 64 bits
+    uniform and independent, one draw per four elements) and is kept when that signed lane is at least
+    ``-2^15 + dropped_values``: ``dropped_values`` of the 2^16 equally likely lane values drop it."""
+    numel = like.numel()
+    lanes = torch.empty((numel + 3) // 4, dtype=torch.int64, device=like.device).random_(-2**63, None)
+    keep = lanes.view(torch.int16)[:numel].view(like.shape) >= dropped_values - _LANE_VALUES // 2
+    scale = torch.tensor(_LANE_VALUES / (_LANE_VALUES - dropped_values), dtype=like.dtype)
+    return torch.where(keep, scale, torch.zeros((), dtype=like.dtype))
+
+
+class _LaneThresholdDropout(torch.autograd.Function):
+    """``y = x * m`` and ``dx = dy * m`` with the one mask ``m = keep / (1 - p')`` of :func:`_dropout_mask`."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        threshold = round(p * _INT31)
-        keep = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_() >= threshold
-        ctx.scale = _INT31 / (_INT31 - threshold)
-        ctx.save_for_backward(keep)
-        return x * keep * ctx.scale
+    def forward(ctx, x: torch.Tensor, dropped_values: int) -> torch.Tensor:
+        mask = _dropout_mask(x, dropped_values)
+        ctx.save_for_backward(mask)
+        return x * mask
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        (keep,) = ctx.saved_tensors
-        return grad_output * keep * ctx.scale, None
+        (mask,) = ctx.saved_tensors
+        return grad_output * mask, None
 
 
 def cpu_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout with a mask drawn from 31-bit integers (see the module docstring); identity when not
-    training or ``p == 0``; ``p == 1`` drops everything, as torch does."""
-    if not training or p == 0.0:
+    """Inverted dropout with probability ``p' = round(p * 2^16) / 2^16`` (see the module docstring); identity when
+    not training or ``p' == 0`` (``p < 2^-17``); all zeros when ``p' == 1``, as torch does for ``p == 1``."""
+    dropped_values = round(p * _LANE_VALUES)
+    if not training or dropped_values == 0:
         return x
-    if p == 1.0:
+    if dropped_values == _LANE_VALUES:
         return x * 0.0
-    return _IntegerThresholdDropout.apply(x, p)
+    return _LaneThresholdDropout.apply(x, dropped_values)
 
 
 class CPUDropout(nn.Dropout):

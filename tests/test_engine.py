@@ -141,6 +141,10 @@ def test_data_parallel_and_accumulation_match_one_big_batch(tiny_setup, tmp_path
     assert [r["step"] for r in train_lines] == [1, 2, 3, 4, 5, 6]
     assert train_lines[0]["lr"] == pytest.approx(0.5)  # warmup step 1 of 2
     assert all(0.0 <= r["padding"] < 0.5 for r in train_lines)
+    # the trainer's clipping norm is the global one, taken after the all-reduce: the same as one process's
+    reference_lines = [json.loads(line) for line in (tmp_path / "one_b8" / "metrics.jsonl").read_text().splitlines()
+                       if "padding" in json.loads(line)]
+    assert [r["grad_norm"] for r in train_lines] == pytest.approx([r["grad_norm"] for r in reference_lines], rel=1e-4)
     # the logged padding is the count over both processes' micro-batches, as tools/padding_fraction.py computes it
     args = json.loads((tmp_path / "two_b4" / "last" / "args.json").read_text())
     examples = Seq2SeqExamples(tiny_setup["data_dir"], args["train_round"], "train", args["max_prompt_length"],

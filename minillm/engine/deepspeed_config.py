@@ -58,13 +58,21 @@ def master_weights_in_trainer(config: dict) -> bool:
     return precision(config) == "bf16" and zero_stage(config) == 0
 
 
+def clipping_in_trainer(config: dict) -> bool:
+    """bf16 or fp32 without ZeRO: the trainer's optimizer clips (:mod:`minillm.engine.clipped_adamw`,
+    :mod:`minillm.engine.master_weights`) in a few multi-tensor passes, where DeepSpeed would loop over tensors."""
+    return precision(config) in ("bf16", "fp32") and zero_stage(config) == 0
+
+
 def engine_config(config: dict) -> dict:
-    """The configuration handed to ``deepspeed.initialize``. With :func:`master_weights_in_trainer` the model is
-    already bf16 and its optimizer keeps the fp32 masters and clips, so DeepSpeed runs its plain path: no bf16
-    wrapper, no clipping of its own (it would clip the bf16 gradients once more, tensor by tensor)."""
-    if not master_weights_in_trainer(config):
+    """The configuration handed to ``deepspeed.initialize``. With :func:`clipping_in_trainer` DeepSpeed does no
+    clipping of its own; with :func:`master_weights_in_trainer` the model is also already bf16 and its optimizer
+    keeps the fp32 masters, so DeepSpeed runs its plain fp32 path, without its bf16 wrapper."""
+    if not clipping_in_trainer(config):
         return config
-    return {**config, "bf16": {**config["bf16"], "enabled": False}, "gradient_clipping": 0.0}
+    if master_weights_in_trainer(config):
+        config = {**config, "bf16": {**config["bf16"], "enabled": False}}
+    return {**config, "gradient_clipping": 0.0}
 
 
 def offloads_optimizer(config: dict) -> bool:

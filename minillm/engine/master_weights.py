@@ -24,6 +24,8 @@ import math
 
 import torch
 
+from .clipped_adamw import clip_by_global_norm
+
 
 class BF16MasterWeightAdamW(torch.optim.Optimizer):
     """``param_groups``: the fp32 model's groups (``params``, ``weight_decay``); their parameters are cast to
@@ -63,16 +65,11 @@ class BF16MasterWeightAdamW(torch.optim.Optimizer):
                     master.grad[where].zero_()
                 else:
                     master.grad[where].copy_(p.grad.reshape(-1))
-        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(m.grad) for m in self.masters])))
+        norm = clip_by_global_norm([master.grad for master in self.masters], self.max_grad_norm)
         self._global_grad_norm = norm
         self.overflow = not math.isfinite(norm)
         if self.overflow:
             return None
-        if self.max_grad_norm > 0:
-            clip = self.max_grad_norm / (norm + 1e-6)
-            if clip < 1:
-                for master in self.masters:
-                    master.grad.mul_(clip)
         for group, master_group in zip(self.param_groups, self.master_optimizer.param_groups):
             master_group.update(lr=group["lr"], betas=group["betas"], eps=group["eps"])
         self.master_optimizer.step()

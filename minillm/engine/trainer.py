@@ -33,8 +33,9 @@ from ..objectives import build_objective
 from .batches import Prompts, RolloutBatches, SupervisedBatches, parameters_gathered, prompt_batches, token_cells
 from .checkpoint import find_checkpoint, load_training_state, save_checkpoint
 from .config import TrainConfig
-from .deepspeed_config import (check_precision, engine_config, load_deepspeed_config, master_weights_in_trainer,
-                               offloads_optimizer, precision, zero_stage)
+from .clipped_adamw import ClippedAdamW
+from .deepspeed_config import (check_precision, clipping_in_trainer, engine_config, load_deepspeed_config,
+                               master_weights_in_trainer, offloads_optimizer, precision, zero_stage)
 from .distributed import all_reduce_sum, device_for, init_distributed
 from .master_weights import BF16MasterWeightAdamW
 from .run_log import RunLog
@@ -70,6 +71,9 @@ def build_optimizer(model, config: TrainConfig, ds_config: dict):
     if master_weights_in_trainer(ds_config):  # casts the model to bf16 and keeps the fp32 masters
         return BF16MasterWeightAdamW(groups, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps,
                                      max_grad_norm=ds_config["gradient_clipping"])
+    if clipping_in_trainer(ds_config):  # fp32 without ZeRO
+        return ClippedAdamW(groups, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps,
+                            max_grad_norm=ds_config["gradient_clipping"])
     # fused: one kernel over all tensors (CPU and GPU); the default per-tensor loop is ~9x slower on a CPU
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps, fused=True)
 
@@ -317,7 +321,7 @@ def train(config: TrainConfig) -> dict:
                       "steps_per_s": window["steps"] / elapsed,
                       "examples_per_s": window["steps"] * global_batch_size / elapsed, "tokens_per_s": real / elapsed,
                       **{name: term / units for name, term in zip(names, terms)}}
-            grad_norm = engine.get_global_grad_norm()  # None where DeepSpeed does not track it (ZeRO 0, fp32)
+            grad_norm = engine.get_global_grad_norm()  # before clipping; None where the optimizer does not report it
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
             log.write(record, "train")

@@ -1,0 +1,68 @@
+"""The fp32 optimizer of ZeRO stage 0 (minillm/engine/clipped_adamw.py) against DeepSpeed's clipping + AdamW."""
+
+import math
+
+import torch
+from torch import nn
+
+from minillm.engine.clipped_adamw import ClippedAdamW, clip_by_global_norm
+from minillm.engine.deepspeed_config import engine_config
+from minillm.engine.trainer import parameter_groups
+
+SETTINGS = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
+
+
+def model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.Linear(32, 8))
+
+
+def deepspeed_clip(parameters, max_norm: float) -> float:
+    """DeepSpeed's fp32 rule (deepspeed.runtime.utils.clip_grad_norm_, one process): per-tensor norms, their
+    root sum of squares, then every gradient times min(1, max_norm / (norm + 1e-6))."""
+    norm = torch.stack([p.grad.norm(2) for p in parameters]).pow(2).sum().pow(0.5)
+    coefficient = torch.min(torch.tensor([1.0]), torch.tensor([max_norm]) / (norm + 1e-6))
+    for p in parameters:
+        p.grad.mul_(coefficient)
+    return float(norm)
+
+
+def test_clip_by_global_norm_hand_computed():
+    grads = [torch.tensor([3.0, 0.0]), torch.tensor([[4.0]])]  # norm 5
+    assert clip_by_global_norm(grads, 10.0) == 5.0 and grads[0].tolist() == [3.0, 0.0]  # under the limit: untouched
+    assert clip_by_global_norm(grads, 1.0) == 5.0
+    assert torch.allclose(grads[0], torch.tensor([3.0, 0.0]) / (5 + 1e-6)) and math.isclose(
+        float(grads[1]), 4 / (5 + 1e-6), rel_tol=1e-6)
+    grads = [torch.tensor([3.0, 4.0])]
+    assert clip_by_global_norm(grads, 0.0) == 5.0 and grads[0].tolist() == [3.0, 4.0]  # 0: clipping off
+    grads = [torch.tensor([float("inf"), 1.0])]
+    assert clip_by_global_norm(grads, 1.0) == float("inf") and grads[0].tolist() == [float("inf"), 1.0]
+    assert clip_by_global_norm([], 1.0) == 0.0
+
+
+def test_matches_deepspeed_clipping_then_fused_adamw():
+    reference, trained = model(), model()
+    reference_optimizer = torch.optim.AdamW(parameter_groups(reference, 0.1), **SETTINGS, fused=True)
+    optimizer = ClippedAdamW(parameter_groups(trained, 0.1), **SETTINGS, max_grad_norm=1.0)
+    for step in range(6):
+        generator = torch.Generator().manual_seed(100 + step)
+        scale = 3.0 if step % 2 else 0.01  # odd steps are clipped, even ones are not
+        grads = [torch.randn(p.shape, generator=generator) * scale for p in reference.parameters()]
+        for p, q, g in zip(reference.parameters(), trained.parameters(), grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        expected_norm = deepspeed_clip(list(reference.parameters()), 1.0)
+        reference_optimizer.step()
+        optimizer.step()
+        assert math.isclose(optimizer._global_grad_norm, expected_norm, rel_tol=1e-6)
+        assert (expected_norm > 1.0) == bool(step % 2)
+    for p, q in zip(reference.parameters(), trained.parameters()):
+        assert torch.allclose(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_deepspeed_does_not_clip_again_where_the_trainer_does():
+    fp32 = {"gradient_clipping": 1.0, "zero_optimization": {"stage": 0}}
+    assert engine_config(fp32)["gradient_clipping"] == 0.0
+    bf16 = {**fp32, "bf16": {"enabled": True}}
+    assert engine_config(bf16) == {**bf16, "bf16": {"enabled": False}, "gradient_clipping": 0.0}
+    zero2 = {"gradient_clipping": 1.0, "zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}
+    assert engine_config(zero2) is zero2  # ZeRO's optimizers clip their partitions themselves

@@ -8,7 +8,8 @@ from transformers import T5Config, T5ForConditionalGeneration
 from transformers.activations import NewGELUActivation
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
-from minillm.models.fused import CPU_ATTENTION, FusedT5LayerNorm, TanhGELU, cpu_dropout, fuse_elementwise
+from minillm.models.fused import (CPU_ATTENTION, CPUT5LayerNorm, FusedT5LayerNorm, TanhGELU, _RowRMSNorm,
+                                  cpu_dropout, fuse_elementwise)
 
 
 def tiny_t5(seed: int = 0, dropout_rate: float = 0.0) -> T5ForConditionalGeneration:
@@ -57,6 +58,42 @@ def test_rms_norm_matches_t5_layer_norm(x_dtype, w_dtype, tolerance):
     out_reference, out_fused = reference(x), fused(x)
     assert out_fused.dtype == out_reference.dtype
     assert torch.allclose(out_fused.float(), out_reference.float(), rtol=tolerance, atol=tolerance)
+
+
+def test_cpu_rms_norm_gradient_is_exact_in_float64():
+    """The hand-written backward against finite differences, for x and w (float64: it accumulates in float64)."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    weight = torch.empty(7, dtype=torch.float64).uniform_(0.5, 1.5).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, w: _RowRMSNorm.apply(x, w, 1e-6, torch.float64), (x, weight))
+
+
+# The CPU norm rounds where transformers does: in bf16 the output equals transformers' wherever the two fp32 mean
+# squares agree (summation order aside); gradients are computed in fp32 and rounded once to the parameter's or
+# input's dtype, transformers' partly in bf16, so bf16 gradients agree to two bf16 roundings of the largest one.
+@pytest.mark.parametrize("x_dtype,w_dtype,tolerance", [(torch.float32, torch.float32, 2e-6),
+                                                       (torch.bfloat16, torch.float32, 2e-6),
+                                                       (torch.bfloat16, torch.bfloat16, 2 ** -8)])
+def test_cpu_rms_norm_matches_t5_layer_norm_forward_and_backward(x_dtype, w_dtype, tolerance):
+    torch.manual_seed(0)
+    reference = T5LayerNorm(48, eps=1e-6).to(w_dtype)
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 1.5)
+    cpu_norm = copy.deepcopy(reference)
+    cpu_norm.__class__ = CPUT5LayerNorm
+    x = (torch.randn(3, 5, 48) * 3).to(x_dtype).requires_grad_()
+    out_reference, out_cpu = reference(x), cpu_norm(x)
+    assert out_cpu.dtype == out_reference.dtype
+    assert torch.allclose(out_cpu.float(), out_reference.float(), rtol=tolerance, atol=tolerance)
+    if x_dtype == w_dtype == torch.bfloat16:
+        assert (out_cpu != out_reference).float().mean() < 0.01  # bitwise equal but for rare mean-square ties
+    upstream = torch.randn(out_reference.shape).to(out_reference.dtype)
+    grads_reference = torch.autograd.grad(out_reference, (x, reference.weight), upstream)
+    grads_cpu = torch.autograd.grad(out_cpu, (x, cpu_norm.weight), upstream)
+    for got, want in zip(grads_cpu, grads_reference):
+        assert got.dtype == want.dtype
+        relative = 2 ** -7 if got.dtype == torch.bfloat16 else 1e-5  # two bf16 roundings; fp32 summation order
+        assert torch.allclose(got.float(), want.float(), rtol=0, atol=float(want.float().abs().max()) * relative)
 
 
 @pytest.mark.parametrize("cpu", [False, True])

@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from minillm.engine.clipped_adamw import ClippedAdamW, clip_by_global_norm
+from minillm.engine.clipped_adamw import ClippedAdamW, clipping_divisor, global_grad_norm, set_gradient_divisor
 from minillm.engine.deepspeed_config import engine_config
 from minillm.engine.trainer import parameter_groups
 
@@ -27,17 +27,35 @@ def deepspeed_clip(parameters, max_norm: float) -> float:
     return float(norm)
 
 
-def test_clip_by_global_norm_hand_computed():
-    grads = [torch.tensor([3.0, 0.0]), torch.tensor([[4.0]])]  # norm 5
-    assert clip_by_global_norm(grads, 10.0) == 5.0 and grads[0].tolist() == [3.0, 0.0]  # under the limit: untouched
-    assert clip_by_global_norm(grads, 1.0) == 5.0
-    assert torch.allclose(grads[0], torch.tensor([3.0, 0.0]) / (5 + 1e-6)) and math.isclose(
-        float(grads[1]), 4 / (5 + 1e-6), rel_tol=1e-6)
-    grads = [torch.tensor([3.0, 4.0])]
-    assert clip_by_global_norm(grads, 0.0) == 5.0 and grads[0].tolist() == [3.0, 4.0]  # 0: clipping off
-    grads = [torch.tensor([float("inf"), 1.0])]
-    assert clip_by_global_norm(grads, 1.0) == float("inf") and grads[0].tolist() == [float("inf"), 1.0]
-    assert clip_by_global_norm([], 1.0) == 0.0
+def test_global_norm_and_clipping_divisor_hand_computed():
+    assert global_grad_norm([torch.tensor([3.0, 0.0]), torch.tensor([[4.0]])]) == 5.0
+    assert global_grad_norm([]) == 0.0
+    assert clipping_divisor(5.0, 10.0) is None  # under the limit: gradients used as they are
+    assert clipping_divisor(5.0, 1.0) == 5.0 + 1e-6  # c = 1 / (5 + 1e-6)
+    assert clipping_divisor(5.0, 2.5) == (5.0 + 1e-6) / 2.5
+    assert clipping_divisor(5.0, 0.0) is None  # 0: clipping off
+    assert clipping_divisor(float("inf"), 1.0) is None and clipping_divisor(float("nan"), 1.0) is None
+
+
+def test_gradient_divisor_divides_inside_the_fused_kernel():
+    """Fused AdamW steps on 4 g with divisor 4 equal steps on g. eps = 1 makes the update depend on the gradient's
+    scale (Adam with a tiny eps hardly does), so a divisor left out would show."""
+    torch.manual_seed(0)
+    divided = torch.randn(5, requires_grad=True)
+    plain, undivided = divided.detach().clone().requires_grad_(), divided.detach().clone().requires_grad_()
+    settings = dict(lr=1e-1, betas=(0.9, 0.999), eps=1.0, fused=True)
+    optimizers = [torch.optim.AdamW([p], **settings) for p in (divided, plain, undivided)]
+    for step in range(3):
+        g = torch.randn(5) * (1 + step)
+        divided.grad, plain.grad, undivided.grad = g * 4, g.clone(), g * 4
+        set_gradient_divisor(optimizers[0], 4.0)
+        for optimizer in optimizers:
+            optimizer.step()
+        assert torch.allclose(divided.grad, g)  # written back divided
+    assert torch.allclose(divided, plain, rtol=0, atol=1e-7)
+    assert not torch.allclose(undivided, plain, rtol=0, atol=1e-3)
+    set_gradient_divisor(optimizers[0], None)
+    assert optimizers[0].grad_scale is None
 
 
 def test_matches_deepspeed_clipping_then_fused_adamw():

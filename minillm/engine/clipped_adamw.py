@@ -1,12 +1,15 @@
-"""Global-norm gradient clipping, and the fp32 optimizer of ZeRO stage 0 that applies it.
+"""Global-norm gradient clipping folded into torch's fused AdamW, and the fp32 optimizer of ZeRO stage 0 that uses it.
 
 DeepSpeed clips fp32 gradients at ZeRO stage 0 with a per-tensor loop: one norm kernel per parameter, an
-all-reduce of the total, then a multiply of every gradient by ``min(1, max_norm / (norm + 1e-6))``, also when that
-factor is 1. On flan-t5-small on two CPU cores that is 79 ms a step. :func:`clip_by_global_norm` computes the same
-norm with torch's multi-tensor kernel and multiplies only when it clips (39 ms), and :class:`ClippedAdamW` runs it
-before torch's fused AdamW, so that DeepSpeed is configured without clipping of its own
-(:func:`minillm.engine.deepspeed_config.engine_config`). DeepSpeed has all-reduced the gradients before ``step``, so
-every rank computes the same norm and no further communication is needed.
+all-reduce of the total, then a multiply of every gradient by ``c = min(1, max_norm / (norm + 1e-6))``, also when
+that factor is 1. On flan-t5-small on two CPU cores that is 79 ms a step. Here :func:`global_grad_norm` computes the
+same norm with torch's multi-tensor kernel, and the factor reaches torch's fused AdamW kernel as the divisor ``1 / c``
+of the gradients it reads (:func:`set_gradient_divisor`; ``grad_scale``, the attribute torch's ``GradScaler`` sets on
+fused optimizers to unscale gradients inside the kernel), so clipping costs no pass of its own over the gradients.
+:class:`ClippedAdamW` does this for fp32 models, so that DeepSpeed is configured without clipping of its own
+(:func:`minillm.engine.deepspeed_config.engine_config`); the bf16 optimizer of
+:mod:`minillm.engine.master_weights` does it on its fp32 master gradients. DeepSpeed has all-reduced the gradients
+before ``step``, so every rank computes the same norm and no further communication is needed.
 """
 
 from __future__ import annotations
@@ -17,24 +20,31 @@ import torch
 
 
 @torch.no_grad()
-def clip_by_global_norm(grads: list[torch.Tensor], max_norm: float) -> float:
-    """Return ``||g||_2`` over all of ``grads``; when ``max_norm > 0``, the norm is finite and
-    ``c = max_norm / (norm + 1e-6) < 1`` (DeepSpeed's rule), scale every gradient by ``c`` in place."""
-    if not grads:
-        return 0.0
-    norm = float(torch.nn.utils.get_total_norm(grads, foreach=True))
-    if max_norm > 0 and math.isfinite(norm):
-        clip = max_norm / (norm + 1e-6)
-        if clip < 1:
-            torch._foreach_mul_(grads, clip)
-    return norm
+def global_grad_norm(grads: list[torch.Tensor]) -> float:
+    """``||g||_2`` over all of ``grads`` (0 for none)."""
+    return float(torch.nn.utils.get_total_norm(grads, foreach=True)) if grads else 0.0
+
+
+def clipping_divisor(norm: float, max_norm: float) -> float | None:
+    """``1 / c`` with ``c = max_norm / (norm + 1e-6)`` (DeepSpeed's rule) where clipping applies: ``max_norm > 0``,
+    ``norm`` finite and ``c < 1``; else None (the gradients are used as they are)."""
+    if max_norm <= 0 or not math.isfinite(norm):
+        return None
+    divisor = (norm + 1e-6) / max_norm
+    return divisor if divisor > 1 else None
+
+
+def set_gradient_divisor(optimizer: torch.optim.Optimizer, divisor: float | None) -> None:
+    """Make the next ``step`` of torch's fused Adam/AdamW ``optimizer`` read every gradient as ``g / divisor``
+    (None: as ``g``). The kernel also writes the divided gradient back into ``.grad``."""
+    optimizer.grad_scale = None if divisor is None else torch.tensor(divisor, dtype=torch.float32)
 
 
 class ClippedAdamW(torch.optim.AdamW):
-    """torch's fused AdamW, stepping on gradients clipped by :func:`clip_by_global_norm`. ``max_grad_norm`` <= 0
-    turns clipping off. ``_global_grad_norm`` (read by DeepSpeed's ``get_global_grad_norm``) is the norm of the last
-    step's gradients before clipping. A non-finite norm is not skipped, as in DeepSpeed's fp32 path: the step runs
-    and the loss shows it."""
+    """torch's fused AdamW, stepping on gradients clipped by the global norm. ``max_grad_norm`` <= 0 turns clipping
+    off. ``_global_grad_norm`` (read by DeepSpeed's ``get_global_grad_norm``) is the norm of the last step's gradients
+    before clipping. A non-finite norm is not skipped, as in DeepSpeed's fp32 path: the step runs and the loss shows
+    it."""
 
     def __init__(self, param_groups: list[dict], lr: float, betas: tuple[float, float], eps: float,
                  max_grad_norm: float):
@@ -45,5 +55,6 @@ class ClippedAdamW(torch.optim.AdamW):
     @torch.no_grad()
     def step(self, closure=None):
         grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-        self._global_grad_norm = clip_by_global_norm(grads, self.max_grad_norm)
+        self._global_grad_norm = global_grad_norm(grads)
+        set_gradient_divisor(self, clipping_divisor(self._global_grad_norm, self.max_grad_norm))
         return super().step(closure)

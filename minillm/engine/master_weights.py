@@ -9,9 +9,9 @@ over flat buffers:
 - the fp32 master weights of each parameter group live in one flat tensor (built from the fp32 model before the
   parameters are cast to bf16, so no precision is lost at the start), with a flat fp32 gradient beside it;
 - ``step`` converts the bf16 gradients into that flat gradient, takes the global norm in fp32, skips the step if
-  it is not finite (as DeepSpeed's bf16 path does), clips by it (DeepSpeed's rule: ``max_norm / (norm + 1e-6)``
-  when below 1), updates the masters with torch's fused AdamW kernel and writes them back into the bf16
-  parameters.
+  it is not finite (as DeepSpeed's bf16 path does), updates the masters with torch's fused AdamW kernel on the
+  gradient clipped by that norm (DeepSpeed's rule, ``max_norm / (norm + 1e-6)`` when below 1, applied inside the
+  kernel: :mod:`minillm.engine.clipped_adamw`) and writes them back into the bf16 parameters.
 
 DeepSpeed then runs its plain fp32 path (no wrapper, no clipping of its own; see ``engine_config`` in
 :mod:`minillm.engine.deepspeed_config`); it still all-reduces the gradients across ranks before ``step`` and
@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from .clipped_adamw import clip_by_global_norm
+from .clipped_adamw import clipping_divisor, global_grad_norm, set_gradient_divisor
 
 
 class BF16MasterWeightAdamW(torch.optim.Optimizer):
@@ -65,13 +65,14 @@ class BF16MasterWeightAdamW(torch.optim.Optimizer):
                     master.grad[where].zero_()
                 else:
                     master.grad[where].copy_(p.grad.reshape(-1))
-        norm = clip_by_global_norm([master.grad for master in self.masters], self.max_grad_norm)
+        norm = global_grad_norm([master.grad for master in self.masters])
         self._global_grad_norm = norm
         self.overflow = not math.isfinite(norm)
         if self.overflow:
             return None
         for group, master_group in zip(self.param_groups, self.master_optimizer.param_groups):
             master_group.update(lr=group["lr"], betas=group["betas"], eps=group["eps"])
+        set_gradient_divisor(self.master_optimizer, clipping_divisor(norm, self.max_grad_norm))
         self.master_optimizer.step()
         self._write_back()
         return None

@@ -89,8 +89,34 @@ def test_offline_gpu_bench_refuses_with_one_line(tmp_path):
     ("bench_minillm_step.py", ["--threads", "-1"],
      "--vocab-size must be >= 3 (pad, EOS and one more) and --threads >= 0"),
     ("bench_fused_kernels.py", ["--vocab-size", "2"], "--vocab-size must be >= 3, got 2"),
+    ("bench_fused_kernels.py", ["--profile", "-1"], "--profile must be >= 0, got -1"),
+    ("bench_optimizer_step.py", ["--iterations", "0"], "--iterations must be >= 1, --threads >= 0"),
 ])
 def test_step_benchmarks_check_their_flags(tool, args, message):
     done = subprocess.run([sys.executable, str(REPO / "tools" / tool), *args], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == f"{tool}: error: {message}"
+
+
+def test_optimizer_benchmark_times_every_variant():
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "bench_optimizer_step.py"), "--preset", "tiny-student",
+                           "--vocab-size", "64", "--iterations", "1", "--threads", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert [line.split(" median")[0].rstrip() for line in lines[1:]] == [
+        "fp32, DeepSpeed's clipping + fused AdamW", "fp32, ClippedAdamW", "bf16, masters, separate clip multiply",
+        "bf16, BF16MasterWeightAdamW"]
+    assert all(float(line.split("median")[1].split()[0]) > 0 for line in lines[1:])
+
+
+def test_fused_kernel_benchmark_profiles_the_cpu_set():
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "bench_fused_kernels.py"), "--preset", "tiny-student",
+                           "--vocab-size", "64", "--prompt-length", "12", "--iterations", "1", "--threads", "1",
+                           "--dtype", "fp32", "--profile", "4"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert [line.split(" median")[0].rstrip() for line in lines[1:4]] == [
+        "transformers' modules", "fused GELU + RMS norm", "CPU norm + dropout"]
+    assert lines[4].startswith("profile of the CPU set, 3 steps:") and "matrix multiplies" in lines[4]
+    assert len(lines) == 5 + 4 and all("ms/step" in line and "aten::" in line for line in lines[5:])

@@ -2,12 +2,15 @@
 
     python tools/bench_fused_kernels.py [--preset flan-t5-small] [--batch-size 8] [--prompt-length 136]
                                         [--target-length 5] [--threads N] [--iterations 12] [--dtype bf16]
+                                        [--profile N]
 
 Three copies of one randomly initialised model (eager attention, training mode, dropout as the preset sets it):
 transformers' modules; the fused GELU and RMS norm (``fuse_elementwise(model)``, what a GPU runs); and the CPU set
 (``fuse_elementwise(model, cpu=True)``: the fused GELU, the CPU RMS norm, the CPU dropout and attention). The copies
 take turns, one step each (tools/step_timing.py); the script
-prints the median and best seconds per step of each and the speed-ups over the first.
+prints the median and best seconds per step of each and the speed-ups over the first. With ``--profile N`` it then
+runs three more steps of the CPU set under torch's profiler and prints where they went: the matrix multiplies'
+share and the N operations of most self time, per step.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import argparse
 import copy
 import sys
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -27,8 +32,12 @@ from step_timing import DTYPES, add_shape_args, interleaved_medians, parse_shape
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="flan-t5-small", choices=tuple(PRESETS))
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="then profile the CPU set and print its N costliest operations (default 0: no profile)")
     add_shape_args(parser, iterations=12)
     args = parse_shape_args(parser, argv)
+    if args.profile < 0:
+        parser.error(f"--profile must be >= 0, got {args.profile}")
 
     reference = build_model(args.preset, args.vocab_size).train().to(DTYPES[args.dtype])
     reference.set_attn_implementation("eager")
@@ -51,6 +60,25 @@ def main(argv=None) -> None:
     baseline = timings["transformers' modules"][0]
     for name, (median, best) in timings.items():
         print(f"{name:<24} median {median:.4f} s/step, best {best:.4f}, speed-up {baseline / median:.2f}x")
+    if args.profile:
+        print_profile(variants["CPU norm + dropout"], batch, clear_gradients, args.profile)
+
+
+def print_profile(model, batch: dict, clear_gradients, top: int, steps: int = 3) -> None:
+    """Self CPU time per step of each aten operation (grouped by input shapes) over ``steps`` forward + backward
+    passes; matrix multiplies (``mm``, ``bmm``, ``addmm``) summed apart."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as profile:
+        for _ in range(steps):
+            model(**batch).loss.backward()
+            clear_gradients()
+    events = [e for e in profile.key_averages(group_by_input_shape=True) if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in events)
+    matmuls = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::bmm", "aten::addmm"))
+    print(f"profile of the CPU set, {steps} steps: {total / steps / 1e3:.1f} ms/step in aten operations, "
+          f"matrix multiplies {matmuls / total:.0%}")
+    for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]:
+        print(f"{e.self_cpu_time_total / steps / 1e3:8.1f} ms/step {e.count // steps:4d} calls  {e.key:<24} "
+              f"{e.input_shapes}")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ the norm keeps its ``weight`` (only its class changes), the activation has no pa
 
 On a CPU, where torch's ``rms_norm`` is itself a chain of operations (no faster than transformers' here), the norm
 is :class:`CPUT5LayerNorm` instead: an autograd function of three passes over the activations forward and six
-backward in fp32 (two and three more in bf16, for the conversions), where the chains take about ten and twenty, with
-transformers' roundings (its bf16 output equals transformers' bit for bit wherever the mean squares agree).
+backward in fp32 (two and three more in bf16, for the conversions), with transformers' roundings (its bf16 output
+equals transformers' bit for bit wherever the mean squares agree).
 
 On a CPU it also replaces dropout. torch's CPU dropout draws its mask with ``bernoulli_``, which runs serially at
 about 7 ns an element for bf16 (a fifth of a flan-t5-small training step); :func:`cpu_dropout` draws 64 random bits
@@ -67,8 +67,8 @@ class _RowRMSNorm(torch.autograd.Function):
         dx = r * (g - x * r^2 * s / d)        dw = sum over rows of r * dy * x
 
     Both sums come from one product ``q = dy * x``: ``dw = q^T r`` and ``s = q w``, two matrix-vector products. Every
-    large operation runs in one dtype: mixed-dtype operations cast through temporaries on a CPU (a bf16 x fp32
-    multiply took 3.7x a bf16 one)."""
+    large operation runs in one dtype: mixed-dtype operations cast through temporaries on a CPU and took several
+    times as long as one-dtype ones."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, hidden_dtype: torch.dtype) -> torch.Tensor:

@@ -80,7 +80,7 @@ RESULTS="$WORK/results"
 # a third of their rate with a longer warmup. On one round: at 1e-3 it reached 52-57 % on r1 dev in 1,500-3,000
 # steps of 16, at 2e-3 it sat near chance for a thousand, at 7e-4 (warmup 100) 64-69 % in 2,000. On all three rounds
 # those settings left it at 41.8 % on dev after 6,000 steps, no better than the student; 3 epochs of the 36,000
-# examples in batches of 32 at 5e-4 (warmup 200) took it to 59.4-64.4 % (two dropout mask streams).
+# examples in batches of 32 at 5e-4 (warmup 200) took it to 59.4-64.4 % (three runs: dropout streams, norm kernels).
 if [[ "$TRAIN_ROUND" == all ]]; then
   TEACHER_BATCH=32 TEACHER_LR=5e-4 TEACHER_WARMUP=200
   TEACHER_STEPS="${TEACHER_STEPS:-3375}"

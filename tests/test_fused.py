@@ -41,6 +41,18 @@ def test_gelu_matches_gelu_new_in_float64():
     assert torch.allclose(grad_fused, grad_reference, rtol=0, atol=1e-13)
 
 
+def norm_and_swapped_copy(norm_class: type, w_dtype: torch.dtype) -> tuple[T5LayerNorm, T5LayerNorm]:
+    """A 48-wide ``T5LayerNorm`` with weights in [0.5, 1.5] (seed 0, then the global generator left seeded for the
+    inputs) and a copy of it whose class is ``norm_class``."""
+    torch.manual_seed(0)
+    reference = T5LayerNorm(48, eps=1e-6).to(w_dtype)
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 1.5)
+    swapped = copy.deepcopy(reference)
+    swapped.__class__ = norm_class
+    return reference, swapped
+
+
 # transformers takes the mean square in fp32 whatever the input dtype, so fp32 is the precision to compare at.
 # bf16 weights: transformers rounds x / rms to bf16 before scaling by w, the fused kernel rounds once: results are
 # within two bf16 rounding steps (2^-8 relative each).
@@ -48,12 +60,7 @@ def test_gelu_matches_gelu_new_in_float64():
                                                        (torch.bfloat16, torch.float32, 2e-6),
                                                        (torch.bfloat16, torch.bfloat16, 2 ** -7)])
 def test_rms_norm_matches_t5_layer_norm(x_dtype, w_dtype, tolerance):
-    torch.manual_seed(0)
-    reference = T5LayerNorm(48, eps=1e-6).to(w_dtype)
-    with torch.no_grad():
-        reference.weight.uniform_(0.5, 1.5)
-    fused = copy.deepcopy(reference)
-    fused.__class__ = FusedT5LayerNorm
+    reference, fused = norm_and_swapped_copy(FusedT5LayerNorm, w_dtype)
     x = (torch.randn(3, 5, 48) * 3).to(x_dtype)
     out_reference, out_fused = reference(x), fused(x)
     assert out_fused.dtype == out_reference.dtype
@@ -75,12 +82,7 @@ def test_cpu_rms_norm_gradient_is_exact_in_float64():
                                                        (torch.bfloat16, torch.float32, 2e-6),
                                                        (torch.bfloat16, torch.bfloat16, 2 ** -8)])
 def test_cpu_rms_norm_matches_t5_layer_norm_forward_and_backward(x_dtype, w_dtype, tolerance):
-    torch.manual_seed(0)
-    reference = T5LayerNorm(48, eps=1e-6).to(w_dtype)
-    with torch.no_grad():
-        reference.weight.uniform_(0.5, 1.5)
-    cpu_norm = copy.deepcopy(reference)
-    cpu_norm.__class__ = CPUT5LayerNorm
+    reference, cpu_norm = norm_and_swapped_copy(CPUT5LayerNorm, w_dtype)
     x = (torch.randn(3, 5, 48) * 3).to(x_dtype).requires_grad_()
     out_reference, out_cpu = reference(x), cpu_norm(x)
     assert out_cpu.dtype == out_reference.dtype

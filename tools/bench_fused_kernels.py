@@ -7,10 +7,9 @@
 Three copies of one randomly initialised model (eager attention, training mode, dropout as the preset sets it):
 transformers' modules; the fused GELU and RMS norm (``fuse_elementwise(model)``, what a GPU runs); and the CPU set
 (``fuse_elementwise(model, cpu=True)``: the fused GELU, the CPU RMS norm, the CPU dropout and attention). The copies
-take turns, one step each (tools/step_timing.py); the script
-prints the median and best seconds per step of each and the speed-ups over the first. With ``--profile N`` it then
-runs three more steps of the CPU set under torch's profiler and prints where they went: the matrix multiplies'
-share and the N operations of most self time, per step.
+take turns, one step each (tools/step_timing.py); the script prints the median and best seconds per step of each
+and the speed-ups over the first. With ``--profile N`` it then runs three more steps of the CPU set under torch's
+profiler and prints where they went: the matrix multiplies' share and the N operations of most self time, per step.
 """
 
 from __future__ import annotations

@@ -60,7 +60,8 @@ def master_weights_in_trainer(config: dict) -> bool:
 
 def clipping_in_trainer(config: dict) -> bool:
     """bf16 or fp32 without ZeRO: the trainer's optimizer clips (:mod:`minillm.engine.clipped_adamw`,
-    :mod:`minillm.engine.master_weights`) in a few multi-tensor passes, where DeepSpeed would loop over tensors."""
+    :mod:`minillm.engine.master_weights`): one multi-tensor norm, the factor applied inside the fused AdamW kernel,
+    where DeepSpeed would loop over tensors and multiply every gradient."""
     return precision(config) in ("bf16", "fp32") and zero_stage(config) == 0
 
 

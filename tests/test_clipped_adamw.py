@@ -37,6 +37,17 @@ def test_global_norm_and_clipping_divisor_hand_computed():
     assert clipping_divisor(float("inf"), 1.0) is None and clipping_divisor(float("nan"), 1.0) is None
 
 
+def test_global_norm_is_accurate_on_long_tensors():
+    """Against the float64 norm, on a tensor of 16.8 million normal values (torch's fp32 norm of it in one piece is
+    off by 6.5e-4 relative on this torch) and on a list mixing it with short tensors."""
+    generator = torch.Generator().manual_seed(0)
+    long = torch.randn(2**24 + 12345, generator=generator)
+    short = [torch.randn(3, 7, generator=generator), torch.randn(1000, generator=generator)]
+    for grads in ([long], [short[0], long, short[1]]):
+        exact = math.sqrt(sum(float(torch.linalg.vector_norm(g, dtype=torch.float64)) ** 2 for g in grads))
+        assert math.isclose(global_grad_norm(grads), exact, rel_tol=1e-6)
+
+
 def test_gradient_divisor_divides_inside_the_fused_kernel():
     """Fused AdamW steps on 4 g with divisor 4 equal steps on g. eps = 1 makes the update depend on the gradient's
     scale (Adam with a tiny eps hardly does), so a divisor left out would show."""

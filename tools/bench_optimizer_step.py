@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from minillm.engine.clipped_adamw import ClippedAdamW  # noqa: E402
+from minillm.engine.clipped_adamw import ClippedAdamW, global_grad_norm  # noqa: E402
 from minillm.engine.master_weights import BF16MasterWeightAdamW  # noqa: E402
 from minillm.engine.trainer import parameter_groups  # noqa: E402
 from minillm.models.tiny import PRESETS, build_model  # noqa: E402
@@ -62,7 +62,7 @@ class SeparateMultiplyMasterAdamW(BF16MasterWeightAdamW):
             for p, where in self._slices(group):
                 master.grad[where].copy_(p.grad.reshape(-1))
         grads = [master.grad for master in self.masters]
-        norm = float(torch.nn.utils.get_total_norm(grads, foreach=True))
+        norm = global_grad_norm(grads)
         self._global_grad_norm = norm
         if MAX_NORM / (norm + 1e-6) < 1:
             torch._foreach_mul_(grads, MAX_NORM / (norm + 1e-6))

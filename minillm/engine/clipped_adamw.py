@@ -20,10 +20,22 @@ import math
 import torch
 
 
+NORM_CHUNK = 2**16  # elements per partial norm in global_grad_norm
+
+
 @torch.no_grad()
 def global_grad_norm(grads: list[torch.Tensor]) -> float:
-    """``||g||_2`` over all of ``grads`` (0 for none)."""
-    return float(torch.nn.utils.get_total_norm(grads, foreach=True)) if grads else 0.0
+    """``||g||_2`` over all of ``grads`` (0 for none), as the root sum of squares of the norms of chunks of
+    ``NORM_CHUNK`` elements, with torch's multi-tensor kernel.
+
+    Why chunks: torch's CPU norm of one fp32 tensor accumulates its sum of squares with an error that grows with
+    the length, 1e-5 relative at a million normal values, 7e-4 at 16 million (one flan-t5-small embedding
+    gradient) and 7e-3 at the 77 million of its flat master gradient (the clipping factor and the logged norm off
+    by 0.7 %); over chunks it stays near 1e-7, at the same speed."""
+    if not grads:
+        return 0.0
+    chunks = [chunk for grad in grads for chunk in grad.reshape(-1).split(NORM_CHUNK)]
+    return float(torch.nn.utils.get_total_norm(chunks, foreach=True))
 
 
 def clipping_divisor(norm: float, max_norm: float) -> float | None:

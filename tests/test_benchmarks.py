@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import T5Config, T5ForConditionalGeneration
 
 from tools.bench_sft_throughput import forward_flops
+from tools.step_timing import MATMULS, matmul_flops
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,12 +85,30 @@ def test_offline_gpu_bench_refuses_with_one_line(tmp_path):
     assert not (tmp_path / "new").exists() and not (tmp_path / "new.tmp").exists()
 
 
+def test_matmul_flops_of_profiled_products_equal_torchs_count():
+    """bench_fused_kernels.py --profile rates the matrix products from the shapes torch's profiler records."""
+    a, b, bias = torch.randn(5, 2, 3), torch.randn(5, 3, 4), torch.randn(4)
+
+    def products():
+        torch.mm(a[0], b[0]), torch.bmm(a, b), torch.addmm(bias, a[0], b[0]), torch.mm(a[1], b[1])
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as profile:
+        products()
+    with FlopCounterMode(display=False) as counter:
+        products()
+    events = [e for e in profile.key_averages(group_by_input_shape=True) if e.key in MATMULS]
+    assert sorted(e.key for e in events) == ["aten::addmm", "aten::bmm", "aten::mm"]
+    assert sum(matmul_flops(e.key, e.input_shapes) * e.count for e in events) == counter.get_total_flops() == (
+        2 * 2 * 3 * 4 * (1 + 5 + 1 + 1))
+
+
 @pytest.mark.parametrize("tool, args, message", [
     ("bench_minillm_step.py", ["--cycles", "0"], "--cycles must be >= 1, got 0"),
     ("bench_minillm_step.py", ["--threads", "-1"],
      "--vocab-size must be >= 3 (pad, EOS and one more) and --threads >= 0"),
     ("bench_fused_kernels.py", ["--vocab-size", "2"], "--vocab-size must be >= 3, got 2"),
     ("bench_fused_kernels.py", ["--profile", "-1"], "--profile must be >= 0, got -1"),
+    ("bench_fused_kernels.py", ["--peak"], "--peak needs --profile N"),
     ("bench_optimizer_step.py", ["--iterations", "0"], "--iterations must be >= 1, --threads >= 0"),
 ])
 def test_step_benchmarks_check_their_flags(tool, args, message):
@@ -119,4 +138,5 @@ def test_fused_kernel_benchmark_profiles_the_cpu_set():
     assert [line.split(" median")[0].rstrip() for line in lines[1:4]] == [
         "transformers' modules", "fused GELU + RMS norm", "CPU norm + dropout"]
     assert lines[4].startswith("profile of the CPU set, 3 steps:") and "matrix multiplies" in lines[4]
+    assert float(lines[4].split(" at ")[1].split(" GFLOP/s")[0].replace(",", "")) > 0
     assert len(lines) == 5 + 4 and all("ms/step" in line and "aten::" in line for line in lines[5:])

@@ -2,14 +2,17 @@
 
     python tools/bench_fused_kernels.py [--preset flan-t5-small] [--batch-size 8] [--prompt-length 136]
                                         [--target-length 5] [--threads N] [--iterations 12] [--dtype bf16]
-                                        [--profile N]
+                                        [--profile N [--peak]]
 
 Three copies of one randomly initialised model (eager attention, training mode, dropout as the preset sets it):
 transformers' modules; the fused GELU and RMS norm (``fuse_elementwise(model)``, what a GPU runs); and the CPU set
 (``fuse_elementwise(model, cpu=True)``: the fused GELU, the CPU RMS norm, the CPU dropout and attention). The copies
 take turns, one step each (tools/step_timing.py); the script prints the median and best seconds per step of each
 and the speed-ups over the first. With ``--profile N`` it then runs three more steps of the CPU set under torch's
-profiler and prints where they went: the matrix multiplies' share and the N operations of most self time, per step.
+profiler and prints where they went: the matrix multiplies' share of the time and their FLOP rate (2 m k n per
+product, from the recorded shapes), and the N operations of most self time, per step. With ``--peak`` as well, it
+first measures the machine's matmul peak in that precision (as tools/bench_sft_throughput.py does) and prints the
+matrix multiplies' rate as a fraction of it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minillm.models.fused import fuse_elementwise  # noqa: E402
 from minillm.models.tiny import PRESETS, build_model  # noqa: E402
-from step_timing import DTYPES, add_shape_args, interleaved_medians, parse_shape_args, random_batch  # noqa: E402
+from bench_sft_throughput import matmul_peak  # noqa: E402
+from step_timing import (DTYPES, MATMULS, add_shape_args, interleaved_medians, matmul_flops,  # noqa: E402
+                         parse_shape_args, random_batch)
 
 
 def main(argv=None) -> None:
@@ -33,10 +38,14 @@ def main(argv=None) -> None:
     parser.add_argument("--preset", default="flan-t5-small", choices=tuple(PRESETS))
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="then profile the CPU set and print its N costliest operations (default 0: no profile)")
+    parser.add_argument("--peak", action="store_true",
+                        help="with --profile: the matrix multiplies' rate as a fraction of the measured matmul peak")
     add_shape_args(parser, iterations=12)
     args = parse_shape_args(parser, argv)
     if args.profile < 0:
         parser.error(f"--profile must be >= 0, got {args.profile}")
+    if args.peak and not args.profile:
+        parser.error("--peak needs --profile N")
 
     reference = build_model(args.preset, args.vocab_size).train().to(DTYPES[args.dtype])
     reference.set_attn_implementation("eager")
@@ -60,21 +69,26 @@ def main(argv=None) -> None:
     for name, (median, best) in timings.items():
         print(f"{name:<24} median {median:.4f} s/step, best {best:.4f}, speed-up {baseline / median:.2f}x")
     if args.profile:
-        print_profile(variants["CPU norm + dropout"], batch, clear_gradients, args.profile)
+        peak = matmul_peak("cpu", torch.get_num_threads(), args.dtype) if args.peak else None
+        print_profile(variants["CPU norm + dropout"], batch, clear_gradients, args.profile, peak)
 
 
-def print_profile(model, batch: dict, clear_gradients, top: int, steps: int = 3) -> None:
+def print_profile(model, batch: dict, clear_gradients, top: int, peak: float | None, steps: int = 3) -> None:
     """Self CPU time per step of each aten operation (grouped by input shapes) over ``steps`` forward + backward
-    passes; matrix multiplies (``mm``, ``bmm``, ``addmm``) summed apart."""
+    passes; matrix multiplies (``mm``, ``bmm``, ``addmm``) summed apart, with their FLOP rate (and its fraction of
+    ``peak`` GFLOP/s where given)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as profile:
         for _ in range(steps):
             model(**batch).loss.backward()
             clear_gradients()
     events = [e for e in profile.key_averages(group_by_input_shape=True) if e.key.startswith("aten::")]
     total = sum(e.self_cpu_time_total for e in events)
-    matmuls = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::bmm", "aten::addmm"))
+    matmuls = [e for e in events if e.key in MATMULS]
+    matmul_seconds = sum(e.self_cpu_time_total for e in matmuls) / 1e6
+    rate = sum(matmul_flops(e.key, e.input_shapes) * e.count for e in matmuls) / matmul_seconds / 1e9
     print(f"profile of the CPU set, {steps} steps: {total / steps / 1e3:.1f} ms/step in aten operations, "
-          f"matrix multiplies {matmuls / total:.0%}")
+          f"matrix multiplies {matmul_seconds * 1e6 / total:.0%} at {rate:,.0f} GFLOP/s"
+          + (f" = {rate / peak:.0%} of the matmul peak ({peak:,.0f} GFLOP/s)" if peak else ""))
     for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]:
         print(f"{e.self_cpu_time_total / steps / 1e3:8.1f} ms/step {e.count // steps:4d} calls  {e.key:<24} "
               f"{e.input_shapes}")

@@ -1,5 +1,5 @@
 """Shared pieces of the step benchmarks (bench_fused_kernels.py, bench_kd_step.py): the batch-shape flags, a random
-batch of that shape, and interleaved timing.
+batch of that shape, interleaved timing, and the FLOPs of a profiled matrix product.
 
 Interleaving: the measured pieces of work take turns, one of each per round, so a machine whose speed drifts (a
 shared CPU does, by 10 % from one minute to the next) slows them all alike and their ratio holds.
@@ -62,3 +62,13 @@ def interleaved_medians(work: dict[str, Callable[[], None]], iterations: int, af
             times[name].append(time.perf_counter() - start)
             after_each()
     return {name: (statistics.median(values), min(values)) for name, values in times.items()}
+
+
+MATMULS = ("aten::mm", "aten::bmm", "aten::addmm")  # the profiler's names of the matrix products
+
+
+def matmul_flops(name: str, input_shapes: list) -> int:
+    """FLOPs of one ``aten::mm`` / ``bmm`` / ``addmm`` call from its recorded input shapes: ``2 m k n`` for an
+    ``(m, k) @ (k, n)`` product (``addmm``'s first input is the added term), times the batch for ``bmm``."""
+    a, b = input_shapes[1:3] if name == "aten::addmm" else input_shapes[:2]
+    return 2 * (a[0] if name == "aten::bmm" else 1) * a[-2] * a[-1] * b[-1]

@@ -6,8 +6,8 @@
 #   bash t5-scripts/run_default_seeds.sh [BASE]
 # Environment: SEEDS ["0 1 2"], WORK_ROOT [BASE/runs] (run s goes to WORK_ROOT/default_seed<s>), METRIC
 # [accuracy_rank] (or accuracy_generate, rougeL, exact_match, loss; on the test split); every run_default.sh
-# override (TRAIN_ROUND, TEACHER_STEPS, ...) passes through. A run whose results exist is not repeated: delete its folder to
-# train it again.
+# override (TRAIN_ROUND, TEACHER_STEPS, ...) passes through. A run whose results exist is not repeated: delete its
+# folder to train it again.
 set -euo pipefail
 BASE="${1:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 BASE="$(cd "$BASE" && pwd)"

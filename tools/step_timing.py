@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+MATMULS = ("aten::mm", "aten::bmm", "aten::addmm")  # the profiler's names of the matrix products
 
 
 def add_shape_args(parser: argparse.ArgumentParser, iterations: int) -> None:
@@ -62,9 +63,6 @@ def interleaved_medians(work: dict[str, Callable[[], None]], iterations: int, af
             times[name].append(time.perf_counter() - start)
             after_each()
     return {name: (statistics.median(values), min(values)) for name, values in times.items()}
-
-
-MATMULS = ("aten::mm", "aten::bmm", "aten::addmm")  # the profiler's names of the matrix products
 
 
 def matmul_flops(name: str, input_shapes: list) -> int:

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from minillm.engine.clipped_adamw import ClippedAdamW, global_grad_norm  # noqa: E402
+from minillm.engine.clipped_adamw import (ClippedAdamW, clipping_divisor, global_grad_norm,  # noqa: E402
+                                          set_gradient_divisor)
 from minillm.engine.master_weights import BF16MasterWeightAdamW  # noqa: E402
 from minillm.engine.trainer import parameter_groups  # noqa: E402
 from minillm.models.tiny import PRESETS, build_model  # noqa: E402
@@ -64,9 +65,10 @@ class SeparateMultiplyMasterAdamW(BF16MasterWeightAdamW):
         grads = [master.grad for master in self.masters]
         norm = global_grad_norm(grads)
         self._global_grad_norm = norm
-        if MAX_NORM / (norm + 1e-6) < 1:
-            torch._foreach_mul_(grads, MAX_NORM / (norm + 1e-6))
-        self.master_optimizer.grad_scale = None
+        divisor = clipping_divisor(norm, self.max_grad_norm)
+        if divisor is not None:
+            torch._foreach_div_(grads, divisor)
+        set_gradient_divisor(self.master_optimizer, None)
         self.master_optimizer.step()
         self._write_back()
         return None

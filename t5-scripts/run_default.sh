@@ -5,7 +5,10 @@
 # of the student from that teacher (t5-scripts/kd/kd_small.sh) -> SeqKD: the teacher's outputs for every training
 # prompt (t5-scripts/tools/generate_data_seqkd.sh, process_pseudo_data_seqkd.sh) and the student trained on them
 # (t5-scripts/seqkd/seqkd_small.sh) -> MiniLLM of the SFT student against the same teacher
-# (t5-scripts/minillm/train_small_xl.sh) -> the evaluation table per round on the test split (t5-scripts/eval/run_eval.sh).
+# (t5-scripts/minillm/train_small_xl.sh) -> the five students' and the teacher's best/ and last/ scored on the test
+# split per round (t5-scripts/eval/run_eval.sh) -> the comparison table (tools/compare_runs.py).
+# Every model in the table is selected by one rule, dev accuracy (ties to the later step); the SFT student's
+# best_loss/ (dev loss, MiniLLM's rule for its initialisation) is where MiniLLM starts.
 #   bash t5-scripts/run_default.sh [BASE]
 # Environment overrides: WORK (output folder) [BASE/runs/default], SEED [0], TRAIN_PER_ROUND [12000],
 # EVAL_PER_ROUND [300] (dev and test each), VOCAB_SIZE [512], NUM_GPUS [1] (processes), TRAIN_ROUND [r1] (r1, r2,
@@ -37,19 +40,19 @@ MODELS="$WORK/models"
 
 step() { printf '\n== %s  [%d:%02d]\n' "$*" $((SECONDS / 60)) $((SECONDS % 60)); }  # with the time since the start
 
-step "1/11 synthetic NLI data (Hugging Face ANLI layout) -> $RAW_DIR"
+step "1/12 synthetic NLI data (Hugging Face ANLI layout) -> $RAW_DIR"
 run_python "$BASE/tools/make_synthetic_nli.py" --out "$RAW_DIR" --seed "$SEED" \
   --train-per-round "${TRAIN_PER_ROUND:-12000}" \
   --dev-per-round "${EVAL_PER_ROUND:-300}" --test-per-round "${EVAL_PER_ROUND:-300}"
 
-step "2/11 normalised text -> $DATA_DIR/text"
+step "2/12 normalised text -> $DATA_DIR/text"
 RAW_DIR="$RAW_DIR" OUT_DIR="$DATA_DIR" STAGE=text bash "$BASE/t5-scripts/tools/process_data_anli.sh" "$BASE"
 
-step "3/11 tokenizer trained on that text, tiny teacher and student -> $MODELS"
+step "3/12 tokenizer trained on that text, tiny teacher and student -> $MODELS"
 run_python "$BASE/tools/make_tiny_models.py" --out "$MODELS" --presets tiny-teacher tiny-student \
   --train-tokenizer-on "$DATA_DIR"/text/r*/train.jsonl --vocab-size "${VOCAB_SIZE:-512}" --seed "$SEED"
 
-step "4/11 token shards -> $DATA_DIR/{full,prompt}"
+step "4/12 token shards -> $DATA_DIR/{full,prompt}"
 OUT_DIR="$DATA_DIR" STAGE=shards TOKENIZER="$MODELS/tokenizer" \
   bash "$BASE/t5-scripts/tools/process_data_anli.sh" "$BASE"
 
@@ -91,43 +94,46 @@ else
   STUDENT_STEPS="${STUDENT_STEPS:-500}"
 fi
 
-step "5/11 SFT of the tiny teacher with the teacher recipe (sft_xl.sh) -> $RESULTS/sft/teacher"
+step "5/12 SFT of the tiny teacher with the teacher recipe (sft_xl.sh) -> $RESULTS/sft/teacher"
 train_tiny sft/sft_xl.sh "$MODELS/tiny-teacher" "$RESULTS/sft/teacher" "$TEACHER_STEPS" "$TEACHER_LR" \
   "$TEACHER_WARMUP" "$TEACHER_BATCH"
 
-step "6/11 SFT of the tiny student with the student recipe (sft_small.sh) -> $RESULTS/sft/student"
+step "6/12 SFT of the tiny student with the student recipe (sft_small.sh) -> $RESULTS/sft/student"
 train_tiny sft/sft_small.sh "$MODELS/tiny-student" "$RESULTS/sft/student" "$STUDENT_STEPS" 2e-3 30
 
-step "7/11 word-level KD of the tiny student from the SFT teacher (kd_small.sh, forward KL, ratio 0.5) -> $RESULTS/kd/student"
-# best/ by dev loss (gold NLL) as for the SFT student, so the two students are selected alike
-TEACHER_CKPT="$RESULTS/sft/teacher/best" SELECT_BY=loss \
+step "7/12 word-level KD of the tiny student from the SFT teacher (kd_small.sh, forward KL, ratio 0.5) -> $RESULTS/kd/student"
+TEACHER_CKPT="$RESULTS/sft/teacher/best" \
   train_tiny kd/kd_small.sh "$MODELS/tiny-student" "$RESULTS/kd/student" "$STUDENT_STEPS" 2e-3 30
 
-step "8/11 SeqKD data: the SFT teacher's greedy outputs for every training prompt of $TRAIN_ROUND -> $RESULTS/seqkd_gen, shards -> $WORK/processed_data/seqkd"
+step "8/12 SeqKD data: the SFT teacher's greedy outputs for every training prompt of $TRAIN_ROUND -> $RESULTS/seqkd_gen, shards -> $WORK/processed_data/seqkd"
 TEACHER_CKPT="$RESULTS/sft/teacher/best" DATA_DIR="$DATA_DIR" GEN_DIR="$RESULTS/seqkd_gen" ROUNDS="$TRAINED_ROUNDS" \
   BATCH_SIZE=256 MAX_NEW_TOKENS=16 bash "$BASE/t5-scripts/tools/generate_data_seqkd.sh" "$BASE" "$NUM_GPUS"
 GEN_DIR="$RESULTS/seqkd_gen" DATA_DIR="$DATA_DIR" OUT_DIR="$WORK/processed_data/seqkd" \
   bash "$BASE/t5-scripts/tools/process_pseudo_data_seqkd.sh" "$BASE"
 
-step "9/11 SeqKD of the tiny student on the teacher's outputs (seqkd_small.sh) -> $RESULTS/seqkd/student"
-DATA_DIR="$WORK/processed_data/seqkd" SELECT_BY=loss \
+step "9/12 SeqKD of the tiny student on the teacher's outputs (seqkd_small.sh) -> $RESULTS/seqkd/student"
+DATA_DIR="$WORK/processed_data/seqkd" \
   train_tiny seqkd/seqkd_small.sh "$MODELS/tiny-student" "$RESULTS/seqkd/student" "$STUDENT_STEPS" 2e-3 30
 
-step "10/11 MiniLLM of the SFT student from the SFT teacher (train_small_xl.sh) -> $RESULTS/minillm/student"
+step "10/12 MiniLLM of the SFT student from the SFT teacher (train_small_xl.sh) -> $RESULTS/minillm/student"
 # The recipe's algorithm (alpha 0.2, gamma 0.95, length norm, single-step term, clip 0.2, LM term on the gold pairs,
 # constant rate after warmup) at a CPU's scale: 64 rollouts per collection, 4 PPO epochs of 4 micro-batches (16
 # steps per collection), 8 sampled tokens at most (the longest answer has 7 with this vocabulary), the rate of a
-# tiny model. Step 0 is evaluated too: it is the SFT student.
+# tiny model. It starts from the SFT student's best_loss/; step 0 is evaluated too: it is that student.
 MINILLM_STEPS="${MINILLM_STEPS:-256}"
-CKPT="$RESULTS/sft/student/best" TEACHER_CKPT="$RESULTS/sft/teacher/best" PROMPT_DATA_DIR="$DATA_DIR" \
+CKPT="$RESULTS/sft/student/best_loss" TEACHER_CKPT="$RESULTS/sft/teacher/best" PROMPT_DATA_DIR="$DATA_DIR" \
   LM_DATA_DIR="$DATA_DIR" DATA_DIR="$DATA_DIR" SAVE_DIR="$RESULTS/minillm/student" NUM_GPUS="$NUM_GPUS" \
   BATCH_SIZE=$((16 / NUM_GPUS)) GRAD_ACC=1 CHUNK_SIZE=$((64 / NUM_GPUS)) NUM_ROLLOUTS=64 PPO_EPOCHS=4 \
   MAX_NEW_TOKENS=8 LR=5e-4 WARMUP_STEPS=4 MAX_STEPS="$MINILLM_STEPS" EVAL_INTERVAL=$((MINILLM_STEPS / 2)) \
   SAVE_INTERVAL="$MINILLM_STEPS" DS_CONFIG="$BASE/configs/deepspeed/zero0_fp32.json" EXTRA_ARGS="$TRAIN_ARGS" \
   bash "$BASE/t5-scripts/minillm/train_small_xl.sh" "$BASE"
 
-step "11/11 evaluation on test, per round"
-CKPTS="$(printf '%s\n' "$RESULTS"/{sft/teacher,sft/student,kd/student,seqkd/student,minillm/student}/best)"
-CKPTS="$CKPTS" DATA_DIR="$DATA_DIR" SPLIT=test bash "$BASE/t5-scripts/eval/run_eval.sh" "$BASE"
+step "11/12 evaluation on test, per round: best/ and last/ of every model, option-level KLs against the teacher"
+CKPTS="$(printf '%s\n' "$RESULTS"/{sft/teacher,sft/student,kd/student,seqkd/student,minillm/student}/{best,last})"
+CKPTS="$CKPTS" DATA_DIR="$DATA_DIR" SPLIT=test TEACHER_CKPT="$RESULTS/sft/teacher/best" \
+  bash "$BASE/t5-scripts/eval/run_eval.sh" "$BASE"
+
+step "12/12 the comparison"
+run_python "$BASE/tools/compare_runs.py" "$WORK"
 
 step "done: data $DATA_DIR, checkpoints $RESULTS/{sft/teacher,sft/student,kd/student,seqkd/student,minillm/student}/{best,last}"

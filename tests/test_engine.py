@@ -23,7 +23,7 @@ from minillm.engine.config import parse_config
 from minillm.engine.deepspeed_config import check_precision, load_deepspeed_config
 from minillm.engine.distributed import free_port
 from minillm.engine.run_log import RunLog
-from minillm.engine.trainer import lr_factor
+from minillm.engine.trainer import improves, lr_factor, selections
 from minillm.evaluation import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +68,31 @@ def test_lr_factor_warmup_cosine_constant():
     assert lr_factor(7, 10, 4, "cosine", 0.0) == pytest.approx(0.5)  # halfway through the 6 decay steps
     assert lr_factor(10, 10, 4, "cosine", 0.1) == pytest.approx(0.1)
     assert lr_factor(9, 10, 0, "constant", 0.0) == 1.0
+
+
+def test_selection_ties_go_to_the_later_step_and_loss_counts_lower():
+    assert improves(40.0, None, "accuracy") and improves(40.0, 40.0, "accuracy") and not improves(39.9, 40.0,
+                                                                                                  "accuracy")
+    assert improves(0.5, 0.5, "loss") and improves(0.4, 0.5, "loss") and not improves(0.6, 0.5, "loss")
+    assert improves(12.0, 12.0, "rougeL") and not improves(11.0, 12.0, "rougeL")
+
+
+def test_auto_selection_follows_the_target_kind(tmp_path):
+    def config(target, *flags):
+        data = tmp_path / target
+        data.mkdir(exist_ok=True)
+        (data / "meta.json").write_text(json.dumps({"target": target}))
+        return parse_config(["--data-dir", str(data), *flags])
+
+    assert selections(config("label")) == {"best": "accuracy"}
+    assert selections(config("label_reason")) == {"best": "rougeL"}
+    assert selections(config("label_reason", "--select-by", "loss", "--also-select-by", "loss")) == {
+        "best": "loss", "best_loss": "loss"}
+    assert selections(config("label", "--also-select-by", "loss")) == {"best": "accuracy", "best_loss": "loss"}
+    problems = config("label_reason", "--no-eval-generate")
+    with pytest.raises(ValueError, match=r"--select-by rougeL \(auto: the data has rationale targets\) needs "
+                                         "generation"):
+        problems.validate()
 
 
 def test_bucketed_batches_cover_once_and_cut_padding():
@@ -193,8 +218,23 @@ def test_zero3_two_processes_trains_and_saves_loadable_checkpoint(tiny_setup, tm
 def test_checkpoint_reloads_with_the_same_logits(tiny_setup, tmp_path):
     """best/ loaded with from_pretrained scores the dev set exactly as the in-training model did (its metrics.json
     holds the loss and per-round accuracy computed by the DeepSpeed-wrapped model at that step)."""
-    assert_ok(run_sft(tiny_setup, tmp_path / "run", MAX_STEPS=8, EVAL_INTERVAL=4))
+    done = run_sft(tiny_setup, tmp_path / "run", MAX_STEPS=8, EVAL_INTERVAL=2)
+    assert_ok(done)
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    # the student recipe: best/ by dev accuracy, best_loss/ by dev loss, ties to the later step
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if r.get("split") == "dev"]
+    assert [r["step"] for r in evals] == [2, 4, 6, 8]
+    top = max(r["accuracy_rank"] for r in evals)
+    lowest = min(r["loss"] for r in evals)
+    for folder, select_by, step in (
+            ("best", "accuracy", max(r["step"] for r in evals if r["accuracy_rank"] == top)),
+            ("best_loss", "loss", max(r["step"] for r in evals if r["loss"] == lowest))):
+        state = json.loads((tmp_path / "run" / folder / "trainer_state.json").read_text())
+        assert state["step"] == step and state["selections"][folder]["select_by"] == select_by
+        assert f"train: {tmp_path / 'run' / folder} is step {step} of 8, selected by dev {select_by}" in (
+            done.stdout + done.stderr)
 
     best = tmp_path / "run" / "best"
     for name in ("config.json", "model.safetensors", "args.json", "metrics.json", "trainer_state.json",
@@ -250,12 +290,15 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(tiny_setup, tmp_p
     shorter = run_sft(tiny_setup, killed, **{**settings, "MAX_STEPS": 20})
     assert shorter.returncode != 0
     assert "is at step 40, past this run's 20 steps; raise --max-steps" in shorter.stdout + shorter.stderr
-    other = run_sft(tiny_setup, killed, **{**settings, "EXTRA_ARGS": settings["EXTRA_ARGS"] + " --select-by accuracy"})
+    other = run_sft(tiny_setup, killed, **{**settings, "EXTRA_ARGS": settings["EXTRA_ARGS"] + " --select-by loss"})
     assert other.returncode != 0
-    assert "best/ was selected by loss, now --select-by accuracy" in other.stdout + other.stderr
+    assert "best/ was selected by accuracy, now --select-by loss" in other.stdout + other.stderr
+    no_extra = run_sft(tiny_setup, killed, **{**settings, "ALSO_SELECT_BY": "accuracy"})
+    assert no_extra.returncode != 0
+    assert "saved with the extra selections best_loss, now best_accuracy" in no_extra.stdout + no_extra.stderr
     state = json.loads((killed / "last" / "trainer_state.json").read_text())
     logged = (killed / "metrics.jsonl").read_text().splitlines()
-    assert state["select_by"] == "loss" and state["log_lines"] == len(logged)
+    assert state["select_by"] == "accuracy" and state["log_lines"] == len(logged)
 
 
 def test_resumed_log_drops_what_followed_the_checkpoint(tmp_path):

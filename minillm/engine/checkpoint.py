@@ -83,18 +83,25 @@ def find_checkpoint(folder: Path) -> Path | None:
     return None
 
 
-def load_training_state(engine, folder: Path, select_by: str) -> dict:
+def load_training_state(engine, folder: Path, selections: dict[str, str]) -> dict:
     """Restore model, optimizer, scheduler and this rank's RNG from ``folder/training_state``; return the trainer
     state saved with them. A collective. Refuses another process count (the data split and RNG files differ) and
-    another ``--select-by`` (the saved best metric would be compared with a different one)."""
+    other selections (``{folder: metric}``, e.g. ``{"best": "accuracy", "best_loss": "loss"}``: a saved best
+    value would be compared with a different metric)."""
     trainer_state = json.loads((folder / "trainer_state.json").read_text())
     world_size = dist.get_world_size()
     if trainer_state["world_size"] != world_size:
         raise ValueError(f"--resume {folder}: saved with {trainer_state['world_size']} processes, now {world_size}; "
                          "resume with the same NUM_GPUS x NUM_NODES")
-    if trainer_state["select_by"] != select_by:
-        raise ValueError(f"--resume {folder}: best/ was selected by {trainer_state['select_by']}, now --select-by "
-                         f"{select_by}; resume with --select-by {trainer_state['select_by']} or start a new SAVE_DIR")
+    saved = {name: selection["select_by"] for name, selection in trainer_state["selections"].items()}
+    if saved["best"] != selections["best"]:
+        raise ValueError(f"--resume {folder}: best/ was selected by {saved['best']}, now --select-by "
+                         f"{selections['best']}; resume with --select-by {saved['best']} or start a new SAVE_DIR")
+    if saved != selections:
+        also = ", ".join(name for name in saved if name != "best") or "none"
+        raise ValueError(f"--resume {folder}: saved with the extra selections {also}, now "
+                         f"{', '.join(name for name in selections if name != 'best') or 'none'}; resume with the "
+                         "same --also-select-by or start a new SAVE_DIR")
     state_dir = folder / "training_state"
     loaded, _ = engine.load_checkpoint(str(state_dir), tag=STATE_TAG, load_module_strict=True,
                                        load_optimizer_states=True, load_lr_scheduler_states=True)

@@ -16,6 +16,10 @@ from ..divergences import DIVERGENCES
 from ..objectives import OBJECTIVES
 
 
+SELECT_METRICS = ("loss", "accuracy", "rougeL")
+SELECT_CHOICES = ("auto", *SELECT_METRICS)
+
+
 def _flag(default, help: str, **kwargs):
     return field(default=default, metadata={"help": help, **kwargs})
 
@@ -98,7 +102,11 @@ class TrainConfig:
     save_dir: str = _flag(None, "output folder: best/, last/, metrics.jsonl, tensorboard/ (required)")
     eval_interval: int = _flag(0, "evaluate every N optimizer steps (0: at the end of every epoch)")
     save_interval: int = _flag(0, "write last/ every N steps (0: at every evaluation)")
-    select_by: str = _flag("loss", "metric that picks best/", choices=("loss", "accuracy", "rougeL"))
+    select_by: str = _flag("auto", "dev metric that picks best/ (ties go to the later step): auto is the rule every "
+                           "student of a comparison is selected by, accuracy (rank classification) for label "
+                           "targets and rougeL for rationale (label_reason) targets", choices=SELECT_CHOICES)
+    also_select_by: str = _flag(None, "also keep best_<metric>/, the checkpoint best by this dev metric (the SFT "
+                                "student that initialises MiniLLM: loss, MiniLLM's rule)", choices=SELECT_METRICS)
     eval_batch_size: int = _flag(32, "evaluation batch per process")
     eval_max_new_tokens: int = _flag(16, "greedy generation length in evaluation")
     eval_generate: bool = _flag(True, "also evaluate greedy generation (accuracy, Rouge-L); off: rank classification and loss only")
@@ -136,8 +144,12 @@ class TrainConfig:
             problems.append(f"--deepspeed-config {self.deepspeed_config}: file not found")
         if self.data_dir is not None and not (Path(self.data_dir) / "meta.json").is_file():
             problems.append(f"--data-dir {self.data_dir}: no meta.json; run t5-scripts/tools/process_data_anli.sh")
-        if self.select_by == "rougeL" and not self.eval_generate:
-            problems.append("--select-by rougeL needs generation in evaluation; drop --no-eval-generate")
+        selected = self.selection_metric() if self.data_dir is not None else self.select_by
+        for flag, metric in (("--select-by", selected), ("--also-select-by", self.also_select_by)):
+            if metric == "rougeL" and not self.eval_generate:
+                auto = (" (auto: the data has rationale targets)"
+                        if flag == "--select-by" and self.select_by == "auto" else "")
+                problems.append(f"{flag} rougeL{auto} needs generation in evaluation; drop --no-eval-generate")
         if self.lr_min > self.lr:
             problems.append(f"--lr-min {self.lr_min} exceeds --lr {self.lr}")
         if self.type == "kd" and self.teacher_model_path is None:
@@ -187,6 +199,15 @@ class TrainConfig:
             if folder is not None and not (Path(folder) / "meta.json").is_file():
                 problems.append(f"{flag} {folder}: no meta.json; run t5-scripts/tools/process_data_anli.sh")
         return problems
+
+    def selection_metric(self) -> str:
+        """The metric ``--select-by`` names; ``auto`` reads the data's target kind from ``--data-dir``'s meta.json
+        (rationale targets are judged by Rouge-L, as MiniLLM selects; bare labels by accuracy)."""
+        if self.select_by != "auto":
+            return self.select_by
+        meta = Path(self.data_dir) / "meta.json"
+        target = json.loads(meta.read_text()).get("target", "label") if meta.is_file() else "label"
+        return "rougeL" if target == "label_reason" else "accuracy"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)

@@ -44,6 +44,23 @@ from .run_log import RunLog
 SELECT_METRIC = {"loss": ("loss", -1), "accuracy": ("accuracy_rank", +1), "rougeL": ("rougeL", +1)}
 
 
+def selections(config: TrainConfig) -> dict[str, str]:
+    """Checkpoint folder -> the dev metric that picks it: ``best`` by ``--select-by`` (auto resolved from the
+    data), and ``best_<metric>`` by ``--also-select-by`` (kept even when it is the same metric, so that a recipe
+    that starts from ``best_loss/`` finds it whatever ``--select-by`` is)."""
+    folders = {"best": config.selection_metric()}
+    if config.also_select_by is not None:
+        folders[f"best_{config.also_select_by}"] = config.also_select_by
+    return folders
+
+
+def improves(value: float, best: float | None, metric: str) -> bool:
+    """Whether ``value`` replaces ``best``. Ties go to the later step: with equal dev scores, the checkpoint that
+    trained longer is kept, so a method is not held at an early step by a flat stretch of its curve."""
+    _, sign = SELECT_METRIC[metric]
+    return best is None or sign * (value - best) >= 0
+
+
 def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str, min_ratio: float) -> float:
     """Learning-rate multiplier at ``step`` (0-based): linear warmup ``(step + 1) / warmup`` over the first
     ``warmup`` steps, then constant, or cosine from 1 down to ``min_ratio`` at ``total_steps``."""
@@ -213,13 +230,18 @@ def train(config: TrainConfig) -> dict:
         # itself and copy it back, every step.
         engine.enable_backward_allreduce = False
 
-    state = {"step": 0, "total_steps": total_steps, "world_size": world_size, "select_by": config.select_by,
-             "best_metric": None, "best_step": None}
+    selected = selections(config)
+    # best/ is recorded as before (select_by, best_metric, best_step); every selection, best_<metric>/ included, in
+    # "selections": folder -> {"select_by", "metric" (the best value so far), "step"}
+    state = {"step": 0, "total_steps": total_steps, "world_size": world_size, "select_by": selected["best"],
+             "best_metric": None, "best_step": None,
+             "selections": {folder: {"select_by": metric, "metric": None, "step": None}
+                            for folder, metric in selected.items()}}
     if config.resume:
         checkpoint = find_checkpoint(save_dir / "last")
         if checkpoint is None:
             raise ValueError(f"--resume: no complete checkpoint in {save_dir / 'last'}; start without --resume")
-        state.update(load_training_state(engine, checkpoint, config.select_by), total_steps=total_steps)
+        state.update(load_training_state(engine, checkpoint, selected), total_steps=total_steps)
         if state["step"] > total_steps:
             raise ValueError(f"--resume: {checkpoint} is at step {state['step']}, past this run's {total_steps} "
                              "steps; raise --max-steps (or --epochs) to train on")
@@ -281,7 +303,7 @@ def train(config: TrainConfig) -> dict:
         start = run_evaluation()
         log.write({"step": 0, "split": config.eval_split, **start["overall"], "rounds": start["rounds"],
                    **start["policy"]}, "eval")
-        log.print(summary_line(start, state, config.select_by))
+        log.print(summary_line(start, state, state["select_by"]))
     window = _new_window(device)
     engine.train(objective.uses_dropout)
     while state["step"] < total_steps:
@@ -332,21 +354,27 @@ def train(config: TrainConfig) -> dict:
         metrics = None
         if state["step"] % eval_interval == 0 or done:
             metrics = run_evaluation()
-            key, sign = SELECT_METRIC[config.select_by]
-            value = metrics["overall"][key]
-            improved = state["best_metric"] is None or sign * (value - state["best_metric"]) > 0
-            if improved:
-                state.update(best_metric=value, best_step=state["step"])
+            improved = []
+            for folder, selection in state["selections"].items():
+                value = metrics["overall"][SELECT_METRIC[selection["select_by"]][0]]
+                if improves(value, selection["metric"], selection["select_by"]):
+                    selection.update(metric=value, step=state["step"])
+                    improved.append(folder)
+            state.update(best_metric=state["selections"]["best"]["metric"],
+                         best_step=state["selections"]["best"]["step"])
             log.write({"step": state["step"], "split": config.eval_split, **metrics["overall"],
                        "rounds": metrics["rounds"], **metrics.get("policy", {})}, "eval")
-            log.print(summary_line(metrics, state, config.select_by))
-            if improved:
-                save("best", metrics, with_training_state=False)
+            log.print(summary_line(metrics, state, state["select_by"]))
+            for folder in improved:
+                save(folder, metrics, with_training_state=False)
         if state["step"] % save_interval == 0 or done:
             save("last", metrics, with_training_state=True)
     progress.close()
     if rank == 0 and metrics is not None:
         log.print(format_table(metrics))
+    for folder, selection in state["selections"].items():
+        log.print(f"train: {save_dir / folder} is step {selection['step']} of {total_steps}, selected by dev "
+                  f"{selection['select_by']} {selection['metric']:.4g} (last/: step {total_steps})")
     log.close()
     return state
 

@@ -11,6 +11,6 @@ source "$BASE/t5-scripts/common.sh"
 
 : "${CKPT:=google/flan-t5-large}" "${TEACHER_CKPT:=$BASE/results/anli/sft/xl/best}" "${BATCH_SIZE:=8}" "${GRAD_ACC:=2}"
 : "${LR:=1e-4}" "${EPOCHS:=3}" "${ZERO_STAGE:=2}" "${KD_RATIO:=0.5}" "${KD_LOSS:=fkl}" "${JSD_BETA:=0.5}" "${SKEW_ALPHA:=0.1}"
-: "${SELECT_BY:=accuracy}" "${SAVE_DIR:=$BASE/results/anli/kd/large}"
+: "${SELECT_BY:=auto}" "${SAVE_DIR:=$BASE/results/anli/kd/large}"
 launch_training --type kd --teacher-model-path "$TEACHER_CKPT" --kd-ratio "$KD_RATIO" --kd-loss "$KD_LOSS" \
   --jsd-beta "$JSD_BETA" --skew-alpha "$SKEW_ALPHA" --select-by "$SELECT_BY" --warmup-steps "${WARMUP_STEPS:-100}"

@@ -11,6 +11,6 @@ source "$BASE/t5-scripts/common.sh"
 
 : "${CKPT:=google/flan-t5-small}" "${TEACHER_CKPT:=$BASE/results/anli/sft/xl/best}" "${BATCH_SIZE:=32}" "${GRAD_ACC:=1}"
 : "${LR:=3e-4}" "${EPOCHS:=3}" "${ZERO_STAGE:=1}" "${KD_RATIO:=0.5}" "${KD_LOSS:=fkl}" "${JSD_BETA:=0.5}" "${SKEW_ALPHA:=0.1}"
-: "${SELECT_BY:=accuracy}" "${SAVE_DIR:=$BASE/results/anli/kd/small}"
+: "${SELECT_BY:=auto}" "${SAVE_DIR:=$BASE/results/anli/kd/small}"
 launch_training --type kd --teacher-model-path "$TEACHER_CKPT" --kd-ratio "$KD_RATIO" --kd-loss "$KD_LOSS" \
   --jsd-beta "$JSD_BETA" --skew-alpha "$SKEW_ALPHA" --select-by "$SELECT_BY" --warmup-steps "${WARMUP_STEPS:-100}"

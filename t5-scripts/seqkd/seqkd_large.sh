@@ -11,6 +11,6 @@ source "$BASE/t5-scripts/common.sh"
 
 : "${CKPT:=google/flan-t5-large}" "${DATA_DIR:=$BASE/processed_data/anli/seqkd-xl}" "${BATCH_SIZE:=8}" "${GRAD_ACC:=2}"
 : "${LR:=1e-4}" "${EPOCHS:=3}" "${ZERO_STAGE:=2}" "${KD_RATIO:=0}" "${KD_LOSS:=fkl}" "${TEACHER_CKPT:=$BASE/results/anli/sft/xl/best}"
-: "${SELECT_BY:=accuracy}" "${SAVE_DIR:=$BASE/results/anli/seqkd/large}"
+: "${SELECT_BY:=auto}" "${SAVE_DIR:=$BASE/results/anli/seqkd/large}"
 launch_training --type seqkd --kd-ratio "$KD_RATIO" --kd-loss "$KD_LOSS" --teacher-model-path "$TEACHER_CKPT" \
   --select-by "$SELECT_BY" --warmup-steps "${WARMUP_STEPS:-100}"

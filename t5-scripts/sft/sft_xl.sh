@@ -8,5 +8,5 @@ NUM_GPUS="${2:-${NUM_GPUS:-8}}"
 source "$BASE/t5-scripts/common.sh"
 
 : "${CKPT:=google/flan-t5-xl}" "${BATCH_SIZE:=4}" "${GRAD_ACC:=4}" "${LR:=5e-5}" "${EPOCHS:=3}" "${ZERO_STAGE:=3}"
-: "${SELECT_BY:=accuracy}" "${SAVE_DIR:=$BASE/results/anli/sft/xl}"
+: "${SELECT_BY:=auto}" "${SAVE_DIR:=$BASE/results/anli/sft/xl}"
 launch_training --type sft --select-by "$SELECT_BY" --warmup-steps "${WARMUP_STEPS:-100}"

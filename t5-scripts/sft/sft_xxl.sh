@@ -8,5 +8,5 @@ NUM_GPUS="${2:-${NUM_GPUS:-8}}"
 source "$BASE/t5-scripts/common.sh"
 
 : "${CKPT:=google/flan-t5-xxl}" "${BATCH_SIZE:=2}" "${GRAD_ACC:=8}" "${LR:=3e-5}" "${EPOCHS:=2}" "${ZERO_STAGE:=3_offload}"
-: "${SELECT_BY:=accuracy}" "${SAVE_DIR:=$BASE/results/anli/sft/xxl}"
+: "${SELECT_BY:=auto}" "${SAVE_DIR:=$BASE/results/anli/sft/xxl}"
 launch_training --type sft --select-by "$SELECT_BY" --warmup-steps "${WARMUP_STEPS:-100}"

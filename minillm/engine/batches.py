@@ -125,8 +125,10 @@ class RolloutBatches:
     with the seed) yields ``num_rollouts`` prompts, of which this rank takes every ``world_size``-th; the objective
     samples a rollout for each, in sampling batches of ``chunk_size`` prompts, with the student in its training
     mode and its parameters gathered once under ZeRO-3. Then ``ppo_epochs`` passes over the store, each a fresh
-    shuffle cut into global batches of ``batch_size x grad_acc`` per process. With ``lm`` (a
-    :class:`SupervisedBatches` over gold pairs) each micro-batch carries a gold batch under ``"lm"``.
+    shuffle cut into global batches of ``batch_size x grad_acc`` per process, each micro-batch made by the
+    objective's ``micro_batch`` (which, with ``--whiten-scope micro-batch``, whitens its advantages with an
+    all-reduce: every process forms the same number of micro-batches in the same order, so the calls pair up).
+    With ``lm`` (a :class:`SupervisedBatches` over gold pairs) each micro-batch carries a gold batch under ``"lm"``.
     """
 
     def __init__(self, objective, model, prompts: Prompts, lm: SupervisedBatches | None, config, rank: int,
@@ -192,7 +194,7 @@ class RolloutBatches:
         order = np.random.default_rng([self.config.seed, collection, ppo_epoch, self.rank]).permutation(self.per_rank)
         size = self.config.batch_size
         rows = order[k * size * self.config.grad_acc:(k + 1) * size * self.config.grad_acc]
-        batches = [self.objective.micro_batch(self._store, rows[g * size:(g + 1) * size])
+        batches = [self.objective.micro_batch(self._store, rows[g * size:(g + 1) * size], all_reduce_sum_)
                    for g in range(self.config.grad_acc)]
         if self.lm is not None:
             for batch, gold in zip(batches, self.lm.micro_batches(step)):

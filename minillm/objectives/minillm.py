@@ -73,7 +73,7 @@ class MiniLLMObjective(Objective):
         rewards = token_rewards(rollouts.teacher_logprobs, rollouts.old_logprobs, mask, c.reward_scaling,
                                 c.cliprange_reward or None)
         advantages = returns(rewards, mask, c.gamma, include_current=not c.single_step_reg, length_norm=c.length_norm)
-        if c.whiten_advantages:
+        if c.whiten_advantages and c.whiten_scope == "collection":
             advantages = masked_whiten(advantages, mask, all_reduce_sum)
         weights = torch.exp(rollouts.old_logprobs - rollouts.mixed_logprobs).masked_fill(~mask, 0.0)
         return rewards, advantages, weights
@@ -104,14 +104,19 @@ class MiniLLMObjective(Objective):
         store = {"rollouts": rollouts, "rewards": rewards, "advantages": advantages, "weights": weights}
         return store, stats
 
-    @staticmethod
-    def micro_batch(store: dict, index) -> dict:
-        """The rows ``index`` of a store as a micro-batch (trimmed to their longest prompt and target)."""
+    def micro_batch(self, store: dict, index, all_reduce_sum=None) -> dict:
+        """The rows ``index`` of a store as a micro-batch (trimmed to their longest prompt and target). With
+        ``--whiten-scope micro-batch`` its advantages are whitened here, over its valid tokens and those of the
+        micro-batches the other processes form at the same time (``all_reduce_sum`` as in :meth:`collect`)."""
         rollouts = store["rollouts"].select(index)
         width = rollouts.labels.shape[1]
         index = torch.as_tensor(index, dtype=torch.long, device=rollouts.labels.device)
-        return {"input_ids": rollouts.input_ids, "attention_mask": rollouts.attention_mask, "labels": rollouts.labels,
-                "rollouts": rollouts, **{k: store[k][index, :width] for k in ("rewards", "advantages", "weights")}}
+        batch = {"input_ids": rollouts.input_ids, "attention_mask": rollouts.attention_mask,
+                 "labels": rollouts.labels, "rollouts": rollouts,
+                 **{k: store[k][index, :width] for k in ("rewards", "advantages", "weights")}}
+        if self.config.whiten_advantages and self.config.whiten_scope == "micro-batch":
+            batch["advantages"] = masked_whiten(batch["advantages"], rollouts.mask, all_reduce_sum)
+        return batch
 
     # -------------------------------------------------------------------------------------- the loss
 

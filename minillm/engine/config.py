@@ -73,6 +73,12 @@ class TrainConfig:
     single_step_reg: bool = _flag(True, "add the exact token-level KL(q || p) at every sampled position and leave "
                                   "r_t out of the long-term return")
     whiten_advantages: bool = _flag(True, "whiten advantages over the valid tokens of all processes' rollouts")
+    whiten_scope: str = _flag("collection", "what --whiten-advantages whitens over: collection (one mean and variance "
+                              "over all processes' rollouts of a collection, so every micro-batch's advantages share "
+                              "one scale and the update does not depend on how the collection is cut) or micro-batch "
+                              "(each micro-batch over its valid tokens and those of the other processes' micro-batches "
+                              "formed with it: the reference's behaviour, for replication)",
+                              choices=("collection", "micro-batch"))
     cliprange: float = _flag(0.2, "PPO clip range of the ratio (0: no clipping)")
     reward_scaling: float = _flag(0.5, "rewards are divided by this")
     cliprange_reward: float = _flag(100.0, "rewards are clipped to +-this after scaling (0: no clipping)")
@@ -195,6 +201,8 @@ class TrainConfig:
             problems.append(f"--gamma must be in [0, 1] (got {self.gamma})")
         if self.cliprange < 0 or self.cliprange_reward < 0:
             problems.append("--cliprange and --cliprange-reward must be >= 0 (0: off)")
+        if self.whiten_scope not in ("collection", "micro-batch"):
+            problems.append(f"--whiten-scope must be collection or micro-batch (got {self.whiten_scope!r})")
         for flag, folder in (("--prompt-data-dir", self.prompt_data_dir), ("--lm-data-dir", self.lm_data_dir)):
             if folder is not None and not (Path(folder) / "meta.json").is_file():
                 problems.append(f"{flag} {folder}: no meta.json; run t5-scripts/tools/process_data_anli.sh")

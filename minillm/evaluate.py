@@ -3,8 +3,10 @@ single process (the interpreter and its imports start once, not once per checkpo
 
     python -m minillm.evaluate --model-path CKPT [CKPT ...] --data-dir DIR [--split test] [--rounds r1 r2 r3]
         [--batch-size 32] [--max-new-tokens 16] [--no-generate] [--max-examples N] [--dtype fp32|bf16]
-        [--tokenizer-path TOK] [--out-dir DIR]
+        [--tokenizer-path TOK] [--out-dir DIR] [--teacher-model-path TEACHER]
 
+With ``--teacher-model-path`` (a model sharing the checkpoints' tokenizer, loaded once with the same ``--dtype``)
+the figures include the option KLs between each checkpoint and the teacher (``option_rev_kl``, ``option_fwd_kl``).
 Prints each checkpoint's per-round table and writes its ``results.json`` and ``predictions.jsonl`` to
 ``CKPT/eval/SPLIT`` (or ``--out-dir``, with a single checkpoint), then a one-line summary per checkpoint. Runs on
 the GPU when there is one. Bad input is reported in one line on stderr with exit status 2.
@@ -46,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tokenizer-path", default=None,
                         help="tokenizer used when the checkpoint folder has none")
     parser.add_argument("--out-dir", default=None, help="with one --model-path only; default: MODEL_PATH/eval/SPLIT")
+    parser.add_argument("--teacher-model-path", default=None,
+                        help="teacher (same tokenizer) for the option KLs of every checkpoint; default: none")
     args = parser.parse_args(argv)
     if args.out_dir is not None and len(args.model_path) > 1:
         parser.error(f"--out-dir takes one --model-path (got {len(args.model_path)}); drop it to write each "
@@ -66,17 +70,41 @@ def tokenizer_path_for(model_path: Path, args: argparse.Namespace) -> Path | str
     return args.tokenizer_path
 
 
-def load_model_and_tokenizer(model_path: Path, args: argparse.Namespace):
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+def load_model(flag: str, path, args: argparse.Namespace):
+    """The model at ``path`` in ``--dtype``, on the CPU; :class:`InputError` naming ``flag`` and ``path`` when it
+    cannot be loaded (any failure is bad input here: a missing folder, truncated weights, a config that does not
+    match them, ...)."""
+    from transformers import AutoModelForSeq2SeqLM
     from transformers.utils import logging as hf_logging
 
-    tokenizer_path = tokenizer_path_for(model_path, args)
     hf_logging.disable_progress_bar()
-    # Any failure to load is bad input here (missing or truncated weights, a config that does not match them, ...).
     try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(model_path, dtype=DTYPES[args.dtype])
+        return AutoModelForSeq2SeqLM.from_pretrained(path, dtype=DTYPES[args.dtype])
     except Exception as err:
-        raise InputError(f"--model-path {model_path}: cannot load the model: {_first_line(err)}") from None
+        raise InputError(f"{flag} {path}: cannot load the model: {_first_line(err)}") from None
+
+
+def check_teacher_vocabulary(teacher, teacher_path: str, model_paths: list[Path]) -> None:
+    """:class:`InputError` when a checkpoint's vocabulary (from its config.json) is not the teacher's: the option
+    KLs compare distributions over the same token ids."""
+    from transformers import AutoConfig
+
+    for model_path in model_paths:
+        try:
+            vocab_size = AutoConfig.from_pretrained(model_path).vocab_size
+        except Exception as err:
+            raise InputError(f"--model-path {model_path}: cannot read its config: {_first_line(err)}") from None
+        if vocab_size != teacher.config.vocab_size:
+            raise InputError(f"--teacher-model-path {teacher_path}: vocabulary of {teacher.config.vocab_size} "
+                             f"tokens but --model-path {model_path} has {vocab_size}; the teacher must share the "
+                             "checkpoints' tokenizer")
+
+
+def load_model_and_tokenizer(model_path: Path, args: argparse.Namespace):
+    from transformers import AutoTokenizer
+
+    tokenizer_path = tokenizer_path_for(model_path, args)
+    model = load_model("--model-path", model_path, args)
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     except Exception as err:
@@ -84,21 +112,27 @@ def load_model_and_tokenizer(model_path: Path, args: argparse.Namespace):
     return model, tokenizer
 
 
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _first_line(err: Exception, limit: int = 200) -> str:
     lines = str(err).strip().splitlines()
     return f"{type(err).__name__}: {lines[0][:limit] if lines else ''}"
 
 
-def evaluate_checkpoint(model_path: Path, meta: dict, args: argparse.Namespace) -> dict:
-    """Score one checkpoint, print its table and write its results; returns the results."""
+def evaluate_checkpoint(model_path: Path, meta: dict, args: argparse.Namespace, teacher=None) -> dict:
+    """Score one checkpoint (beside ``teacher``, already on the device, when given), print its table and write its
+    results; returns the results."""
     model, tokenizer = load_model_and_tokenizer(model_path, args)
     if meta["vocab_size"] > model.config.vocab_size:
         raise InputError(f"--data-dir {args.data_dir} was tokenised with {meta['vocab_size']} tokens but "
                          f"{model_path} has {model.config.vocab_size} logits: wrong tokenizer for this model")
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(_device())
     result = evaluate(model, tokenizer, args.data_dir, split=args.split, rounds=args.rounds,
                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, generate=args.generate,
-                      max_examples=args.max_examples)
+                      max_examples=args.max_examples, teacher=teacher)
+    result["settings"]["teacher_model_path"] = args.teacher_model_path
     out_dir = Path(args.out_dir) if args.out_dir else model_path / "eval" / args.split
     write_results(result, out_dir)
     print(f"{model_path} on {args.split}:")
@@ -120,8 +154,13 @@ def main(argv=None) -> int:
             if not (model_path / "config.json").is_file():
                 raise InputError(f"--model-path {model_path}: no config.json there; give a checkpoint folder")
             tokenizer_path_for(model_path, args)
+        teacher = None
+        if args.teacher_model_path is not None:  # once for every checkpoint
+            teacher = load_model("--teacher-model-path", args.teacher_model_path, args)
+            check_teacher_vocabulary(teacher, args.teacher_model_path, model_paths)
+            teacher.to(_device())
         for model_path in model_paths:
-            result = evaluate_checkpoint(model_path, meta, args)
+            result = evaluate_checkpoint(model_path, meta, args, teacher)
             rounds = "  ".join(f"{name} {r['accuracy_rank']:.2f}" for name, r in result["rounds"].items())
             summary.append(f"{model_path}: overall {result['overall']['accuracy_rank']:.2f}  ({rounds})")
     except (InputError, FileNotFoundError, ValueError) as err:  # ValueError: data whose files disagree, bad JSON

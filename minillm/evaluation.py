@@ -2,12 +2,19 @@
 
 What is computed for each example (prompt x, gold target y, answer options o_0, o_1, o_2 for labels 0/1/2):
 
-- **rank classification**: ``score_k = sum_t log p(o_k,t | o_k,<t, x)`` over the option's tokens including EOS
-  (the options are tokenised like the targets in the shards), in fp32; the predicted label is ``argmax_k score_k``
-  (the first on a tie). For ``label_reason`` targets (answer, then a rationale) the options are still the bare
-  answers, so the answer alone is scored.
-- **loss**: ``-sum_t log p(y_t | y_<t, x)`` and the token count of y; a round's loss is the sum of those sums over
-  the sum of the counts (mean token cross-entropy).
+- **rank classification**: ``s_k = sum_t log q(o_k,t | o_k,<t, x)`` over the option's tokens including EOS
+  (the options are tokenised like the targets in the shards), in fp32, under the distribution the decoder samples
+  from: the pad id is banned (a -inf logit before the log-softmax, as :func:`minillm.rollouts.ban` does), since it
+  is the decoder start and the padding, never an output, and generation never emits it either
+  (:meth:`Seq2SeqAdapter.generate`). The predicted label is ``argmax_k s_k`` (the first on a tie). For
+  ``label_reason`` targets (answer, then a rationale) the options are still the bare answers, so the answer alone
+  is scored.
+- **the option distribution**: the three scores normalised over the answer set,
+  ``q(o_k | x) = exp(s_k) / sum_j exp(s_j)``; with a ``teacher``, its own ``p(o_k | x)`` likewise, from the
+  teacher's own encoder and decoder on the same batch (``teacher_option_scores``).
+- **loss**: ``-sum_t log q(y_t | y_<t, x)`` and the token count of y; a round's loss is the sum of those sums over
+  the sum of the counts (mean token cross-entropy). This is the training cross-entropy (pad not banned), so that it
+  compares with the training loss.
 - **greedy generation** (``max_new_tokens`` new tokens at most), decoded without special tokens, and
   - its label: the option that the normalised text equals or starts with, followed by a non-alphanumeric character
     (lowercase, whitespace collapsed, punctuation and whitespace stripped at both ends; the longest matching option
@@ -20,19 +27,34 @@ Per round and overall: n, loss, accuracy of both predictions, unparsed generatio
 Rouge-L, exact match, 3x3 confusion matrices (rows gold label, columns predicted label, ids 0/1/2) and the share
 of each predicted label. Every rate is a percentage; a generation share counts unparsed texts in the denominator.
 
+Option figures, means over the n examples x, exact functions of the option scores (no sampling; see
+docs/metrics.md for what each one says):
+
+- ``gold_option_nll`` = mean_x -log q(o_gold | x), nats;
+- ``ece`` (expected calibration error, percent): the confidence ``c(x) = max_k q(o_k | x)`` falls in bin
+  ``b = ceil(15 c) - 1`` of 15 equal-width bins (bin b holds (b/15, (b+1)/15], confidence 0 bin 0); with B_b the
+  examples of bin b and acc the rank prediction being gold, ``ECE = 100 sum_b |B_b|/n |acc(B_b) - mean c(B_b)|``;
+- ``off_option_mass`` = 100 mean_x (1 - sum_k exp(s_k)): the options are distinct EOS-terminated sequences, hence
+  disjoint events, so this is exactly the probability that the free-running decoder outputs none of them;
+- ``option_rev_kl`` = mean_x sum_k q_k log(q_k / p_k) and ``option_fwd_kl`` = mean_x sum_k p_k log(p_k / q_k), nats,
+  with q = q(. | x), p = p(. | x) over the three options; None without a teacher.
+
 Batching: a process's examples are sorted by prompt length (longest first) and cut into batches of ``batch_size``,
 so that little padding is computed. Per batch of prompts the encoder runs once. Its hidden states are repeated
 three times along the batch (``repeat_interleave``) for a single decoder pass over all (prompt, option) rows,
 reused for one decoder pass over the gold targets, and handed to ``generate`` as ``encoder_outputs``, so no prompt
-is encoded twice. This scheme is specific to encoder-decoder models; the adapter supplies the decoder inputs, the
-log-probs and generation.
+is encoded twice. A teacher adds one encoder pass and one decoder pass over the option rows per batch (none over
+the gold targets, no generation). This scheme is specific to encoder-decoder models; the adapter supplies the
+decoder inputs, the log-probs and generation.
 
 Distributed: under ``torch.distributed`` each rank takes the strided part ``rank::world_size`` of the examples,
 padded by repeating one of its examples to ``ceil(n / world_size)`` so that every rank makes the same number of
 encoder, decoder and ``generate`` calls (ZeRO-3 gathers parameters collectively on each call; ``generate`` also gets
-``synced_gpus=True``). The padding is dropped and the per-example results are gathered to every rank with
-``all_gather_object``, so every rank returns the full result, in the same order as a single process would.
-Pass the bare model (``engine.module`` under DeepSpeed), and write files from one rank only.
+``synced_gpus=True``; a teacher is called as often on every rank). The padding is dropped and the per-example
+results are gathered to every rank with ``all_gather_object``, so every rank returns the full result, in the same
+order as a single process would.
+Pass the bare model (``engine.module`` under DeepSpeed; a teacher may be a DeepSpeed inference engine, whose
+``.module`` is used), and write files from one rank only.
 """
 
 from __future__ import annotations
@@ -54,9 +76,14 @@ from transformers.modeling_outputs import BaseModelOutput
 from .data.seq2seq import Seq2SeqExamples
 from .data.templates import LABEL_NAMES
 from .models.adapter import IGNORE_INDEX, Seq2SeqAdapter, collate, pad_right
+from .rollouts import ban
 
 NUM_LABELS = len(LABEL_NAMES)
 UNPARSED_EXAMPLES_KEPT = 5
+ECE_BINS = 15
+# k / 15 is no binary fraction: a confidence that equals it in exact arithmetic (1/3 for three equal scores) can
+# come out a rounding error above it, and still belongs to the bin the boundary closes.
+_BIN_EDGE_TOLERANCE = 1e-9
 _STRIP_CHARS = string.punctuation + string.whitespace
 
 
@@ -123,16 +150,73 @@ def label_shares(predicted: list) -> dict[str, float]:
             for label, name in enumerate(LABEL_NAMES)}
 
 
+def _log_sum_exp(values) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def option_log_probs(scores) -> list[float]:
+    """``log q(o_k | x) = s_k - log sum_j exp(s_j)``: the option log-likelihoods normalised over the answer set."""
+    log_total = _log_sum_exp(scores)
+    return [s - log_total for s in scores]
+
+
+def kl_divergence(log_a, log_b) -> float:
+    """``KL(a || b) = sum_k a_k (log a_k - log b_k)`` from the log-probabilities of two distributions."""
+    return sum(math.exp(la) * (la - lb) for la, lb in zip(log_a, log_b))
+
+
+def off_option_mass(scores) -> float:
+    """``1 - sum_k exp(s_k)``: the probability of a complete output that is none of the options, clamped at 0 (the
+    fp32 scores of a model that puts all its mass on the options can sum past 1 by a rounding error)."""
+    return max(0.0, -math.expm1(_log_sum_exp(scores)))  # expm1: exact also when the mass off the options is tiny
+
+
+def calibration_bin(confidence: float, bins: int = ECE_BINS) -> int:
+    """The bin ``b`` whose interval (b/bins, (b+1)/bins] holds ``confidence`` (0 goes to bin 0)."""
+    return min(bins - 1, max(0, math.ceil(confidence * bins - _BIN_EDGE_TOLERANCE) - 1))
+
+
+def expected_calibration_error(confidences, correct, bins: int = ECE_BINS) -> float:
+    """``100 sum_b |B_b|/n |acc(B_b) - mean conf(B_b)|`` over equal-width bins (:func:`calibration_bin`); each term
+    is ``|sum of correct - sum of conf over B_b| / n``."""
+    gaps = [0.0] * bins
+    for confidence, is_correct in zip(confidences, correct):
+        gaps[calibration_bin(confidence, bins)] += float(is_correct) - confidence
+    return 100.0 * sum(abs(gap) for gap in gaps) / len(confidences)
+
+
+def option_figures(predictions: list[dict]) -> dict:
+    """``gold_option_nll``, ``ece``, ``off_option_mass`` and, when every prediction carries teacher option scores,
+    ``option_rev_kl`` and ``option_fwd_kl`` (else None) of a non-empty list (module docstring)."""
+    n = len(predictions)
+    student = [option_log_probs(p["option_scores"]) for p in predictions]
+    figures = {
+        "gold_option_nll": -sum(log_q[p["gold_label"]] for log_q, p in zip(student, predictions)) / n,
+        "ece": expected_calibration_error([math.exp(max(log_q)) for log_q in student],
+                                          [p["rank_label"] == p["gold_label"] for p in predictions]),
+        "off_option_mass": 100.0 * sum(off_option_mass(p["option_scores"]) for p in predictions) / n,
+        "option_rev_kl": None, "option_fwd_kl": None,
+    }
+    if all(p["teacher_option_scores"] is not None for p in predictions):
+        teacher = [option_log_probs(p["teacher_option_scores"]) for p in predictions]
+        figures.update(option_rev_kl=sum(map(kl_divergence, student, teacher)) / n,
+                       option_fwd_kl=sum(map(kl_divergence, teacher, student)) / n)
+    return figures
+
+
 def summarize(predictions: list[dict]) -> dict:
     """The figures of one round (or of the union) from per-example predictions as :func:`evaluate` returns them.
 
-    Generation figures are None when the predictions carry no generated text (``generate=False``); every figure
-    but ``n`` is None for an empty list.
+    Generation figures are None when the predictions carry no generated text (``generate=False``), the option KLs
+    when they carry no teacher option scores; every figure but ``n`` is None for an empty list.
     """
     n = len(predictions)
     summary = {"n": n, "loss": None, "accuracy_rank": None, "accuracy_generate": None, "unparsed": None,
                "unparsed_examples": None, "rougeL": None, "exact_match": None, "confusion_rank": None,
-               "confusion_generate": None, "label_share_rank": None, "label_share_generate": None}
+               "confusion_generate": None, "label_share_rank": None, "label_share_generate": None,
+               "gold_option_nll": None, "ece": None, "off_option_mass": None, "option_rev_kl": None,
+               "option_fwd_kl": None}
     if n == 0:
         return summary
     gold = [p["gold_label"] for p in predictions]
@@ -143,6 +227,7 @@ def summarize(predictions: list[dict]) -> dict:
         accuracy_rank=100.0 * sum(g == r for g, r in zip(gold, ranked)) / n,
         confusion_rank=confusion_matrix(gold, ranked),
         label_share_rank=label_shares(ranked),
+        **option_figures(predictions),
     )
     if any(p["generated"] is None for p in predictions):
         return summary
@@ -230,13 +315,27 @@ class _OptionTokens:
         return self.cache[key]
 
 
-def _score_batch(model, tokenizer, adapter, option_tokens: _OptionTokens, examples: list[EvalExample], device,
-                 generate: bool, max_new_tokens: int, synced_gpus: bool) -> list[dict]:
+def _encode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    return model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask,
+                               return_dict=True).last_hidden_state
+
+
+def _option_scores(model, adapter: Seq2SeqAdapter, encoder_hidden: torch.Tensor, attention_mask: torch.Tensor,
+                   option_labels: torch.Tensor) -> list[list[float]]:
+    """``s_k = sum_t log q(o_k,t | o_k,<t, x)`` (EOS included, pad banned) of the three options of each prompt, in
+    one decoder pass over ``option_labels`` (three rows per prompt) from the prompts' encoder states."""
+    logits = _decoder_logits(model, adapter, encoder_hidden.repeat_interleave(NUM_LABELS, dim=0),
+                             attention_mask.repeat_interleave(NUM_LABELS, dim=0), option_labels)
+    logprobs = adapter.token_logprobs(ban(logits, (adapter.pad_token_id,)), option_labels)
+    return logprobs.sum(-1).view(-1, NUM_LABELS).tolist()
+
+
+def _score_batch(model, teacher, tokenizer, adapter, option_tokens: _OptionTokens, examples: list[EvalExample],
+                 device, generate: bool, max_new_tokens: int, synced_gpus: bool) -> list[dict]:
     batch = collate([(e.prompt_ids, e.target_ids) for e in examples], adapter.pad_token_id)
     batch = {k: v.to(device) for k, v in batch.items()}
     mask = batch["attention_mask"]
-    hidden = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=mask, return_dict=True)
-    hidden = hidden.last_hidden_state
+    hidden = _encode(model, batch["input_ids"], mask)
 
     gold_logprobs = adapter.token_logprobs(_decoder_logits(model, adapter, hidden, mask, batch["labels"]),
                                            batch["labels"])
@@ -245,9 +344,11 @@ def _score_batch(model, tokenizer, adapter, option_tokens: _OptionTokens, exampl
 
     option_labels = pad_right([ids for e in examples for ids in option_tokens(e.record["options"])],
                               IGNORE_INDEX).to(device)
-    option_logits = _decoder_logits(model, adapter, hidden.repeat_interleave(NUM_LABELS, dim=0),
-                                    mask.repeat_interleave(NUM_LABELS, dim=0), option_labels)
-    option_scores = adapter.token_logprobs(option_logits, option_labels).sum(-1).view(len(examples), NUM_LABELS)
+    option_scores = _option_scores(model, adapter, hidden, mask, option_labels)
+    teacher_scores = [None] * len(examples)
+    if teacher is not None:  # its own encoder: a teacher decoder never reads the student's encoder states
+        teacher_scores = _option_scores(teacher, adapter, _encode(teacher, batch["input_ids"], mask), mask,
+                                        option_labels)
 
     texts = [None] * len(examples)
     if generate:
@@ -258,12 +359,13 @@ def _score_batch(model, tokenizer, adapter, option_tokens: _OptionTokens, exampl
             [row[row != IGNORE_INDEX].tolist() for row in generated.cpu()], skip_special_tokens=True)]
 
     predictions = []
-    for example, scores, nll, count, text in zip(examples, option_scores.tolist(), target_nll, target_tokens,
-                                                  texts):
+    for example, scores, teacher_option_scores, nll, count, text in zip(examples, option_scores, teacher_scores,
+                                                                         target_nll, target_tokens, texts):
         record = example.record
         prediction = {
             "uid": record["uid"], "round": record["round"], "gold_label": record["label"],
             "rank_label": max(range(NUM_LABELS), key=scores.__getitem__), "option_scores": scores,
+            "teacher_option_scores": teacher_option_scores,
             "generated": text, "generated_label": None, "rougeL": None, "exact_match": None,
             "target": record["target"], "target_nll": nll, "target_tokens": count,
         }
@@ -294,39 +396,47 @@ def _world() -> tuple[int, int]:
 
 def evaluate(model, tokenizer, data_dir, split: str = "dev", rounds=("r1", "r2", "r3"), batch_size: int = 32,
              max_new_tokens: int = 16, generate: bool = True, max_examples: int | None = None, adapter=None,
-             max_prompt_length: int = 512, max_target_length: int = 128) -> dict:
+             max_prompt_length: int = 512, max_target_length: int = 128, teacher=None) -> dict:
     """Evaluate ``model`` on ``split`` of each round in ``rounds``; see the module docstring for the figures.
 
     Returns ``{"rounds": {round: summary}, "overall": summary, "predictions": [...], "settings": {...}}`` with
     summaries as :func:`summarize` gives them and one prediction per example, in data order: uid, round,
-    gold_label, rank_label, option_scores (3 log-likelihoods), generated (text or None), generated_label (label id
-    or None), rougeL, exact_match (None without generation), target (text), target_nll and target_tokens.
+    gold_label, rank_label, option_scores (3 log-likelihoods), teacher_option_scores (the teacher's, or None),
+    generated (text or None), generated_label (label id or None), rougeL, exact_match (None without generation),
+    target (text), target_nll and target_tokens.
 
-    ``max_examples`` (None or 0: all) caps each round. A missing round or split raises FileNotFoundError naming the
-    path, before the model is touched. The model is put in eval mode and returned to its previous mode.
+    ``teacher``: a model sharing the student's tokenizer (scored through the student's adapter), for the option
+    KLs; a DeepSpeed engine is unwrapped to its ``.module``. ``max_examples`` (None or 0: all) caps each round. A
+    missing round or split raises FileNotFoundError naming the path, before the model is touched. The models are put
+    in eval mode and returned to their previous modes.
     """
     rounds = tuple(rounds)
     examples = load_examples(data_dir, split, rounds, max_examples, max_prompt_length, max_target_length)
     adapter = adapter or Seq2SeqAdapter.for_model(model)
     device = next(model.parameters()).device
     rank, world_size = _world()
+    if teacher is not None:  # an engine forwards calls but not get_encoder; ZeRO-3 still gathers through its hooks
+        teacher = getattr(teacher, "module", teacher)
+    models = [model] if teacher is None else [model, teacher]
 
     part = rank_part(len(examples), rank, world_size)
     part.sort(key=lambda item: -len(examples[item[0]].prompt_ids))  # similar lengths share a batch: less padding
     option_tokens = _OptionTokens(tokenizer)
     scored: list[tuple[int, dict]] = []
-    was_training = model.training
-    model.eval()
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
     try:
         with torch.no_grad():
             for start in range(0, len(part), batch_size):
                 chunk = part[start:start + batch_size]
-                predictions = _score_batch(model, tokenizer, adapter, option_tokens,
+                predictions = _score_batch(model, teacher, tokenizer, adapter, option_tokens,
                                            [examples[i] for i, _ in chunk], device, generate, max_new_tokens,
                                            synced_gpus=world_size > 1)
                 scored.extend((i, p) for (i, padding), p in zip(chunk, predictions) if not padding)
     finally:
-        model.train(was_training)
+        for m, was_training in zip(models, modes):
+            m.train(was_training)
 
     if world_size > 1:
         gathered = [None] * world_size
@@ -340,7 +450,7 @@ def evaluate(model, tokenizer, data_dir, split: str = "dev", rounds=("r1", "r2",
         "predictions": predictions,
         "settings": {"data_dir": str(data_dir), "split": split, "rounds": list(rounds), "generate": generate,
                      "max_new_tokens": max_new_tokens, "max_examples": max_examples or None,
-                     "world_size": world_size},
+                     "world_size": world_size, "teacher": teacher is not None},
     }
 
 
@@ -362,15 +472,20 @@ def write_results(result: dict, out_dir) -> None:
 
 _TABLE_COLUMNS = (("n", "n", "{:d}"), ("loss", "loss", "{:.4f}"), ("acc(rank)", "accuracy_rank", "{:.2f}"),
                   ("acc(gen)", "accuracy_generate", "{:.2f}"), ("unparsed", "unparsed", "{:d}"),
-                  ("rougeL", "rougeL", "{:.2f}"), ("EM", "exact_match", "{:.2f}"))
+                  ("rougeL", "rougeL", "{:.2f}"), ("EM", "exact_match", "{:.2f}"), ("ECE", "ece", "{:.2f}"),
+                  ("NLL(gold)", "gold_option_nll", "{:.4f}"), ("off-set%", "off_option_mass", "{:.2f}"))
+_TEACHER_COLUMNS = (("rKL(opt)", "option_rev_kl", "{:.4f}"), ("fKL(opt)", "option_fwd_kl", "{:.4f}"))
 
 
 def format_table(result: dict) -> str:
-    """One row per round plus ``overall``; ``-`` where a figure was not computed."""
-    rows = [("round", *(title for title, _, _ in _TABLE_COLUMNS))]
+    """One row per round plus ``overall``; ``-`` where a figure was not computed; the option KL columns only when
+    the evaluation had a teacher."""
+    columns = _TABLE_COLUMNS
+    if result["overall"]["option_rev_kl"] is not None:
+        columns += _TEACHER_COLUMNS
+    rows = [("round", *(title for title, _, _ in columns))]
     for name, summary in (*result["rounds"].items(), ("overall", result["overall"])):
-        rows.append((name, *("-" if summary[key] is None else fmt.format(summary[key])
-                             for _, key, fmt in _TABLE_COLUMNS)))
+        rows.append((name, *("-" if summary[key] is None else fmt.format(summary[key]) for _, key, fmt in columns)))
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in
                                enumerate(zip(row, widths))) for row in rows)

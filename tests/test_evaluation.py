@@ -1,16 +1,19 @@
 """ANLI evaluation (minillm/evaluation.py), its CLI (minillm/evaluate.py) and t5-scripts/eval/run_eval.sh.
 
-Batched figures are checked against brute force (one unbatched model call per example and option) on the tiny
-setup that t5-scripts/run_default.sh builds, plus a tiny student trained for a few steps so that its greedy
-generations name options.
+Batched figures are checked against brute force (one unbatched model call per example and option, greedy decoding
+one token at a time, the pad id banned in both as the evaluation bans it) on the tiny setup that
+t5-scripts/run_default.sh builds, plus a tiny student trained for a few steps so that its greedy generations name
+options. The option figures on hand-made records: tests/test_eval_metrics.py.
 """
 
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -28,7 +31,8 @@ from minillm.evaluation import (
     summarize,
     write_results,
 )
-from minillm.models.adapter import collate
+from minillm.models.adapter import Seq2SeqAdapter, collate
+from minillm.models.tiny import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = ("Yes", "It's impossible to say", "No")
@@ -61,6 +65,30 @@ def load(setup, name):
     return AutoModelForSeq2SeqLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
+def brute_force_option_scores(model, tokenizer, prompt, options) -> list[float]:
+    """``sum_t log q(o_t | o_<t, x)`` of each option, EOS included, in float64 with the pad logit at -inf, from one
+    model call per option (Hugging Face's own shift of ``labels``)."""
+    scores = []
+    for option in options:
+        option_ids = torch.tensor(tokenizer(option).input_ids)[None]
+        logits = model(input_ids=prompt, labels=option_ids).logits[0].double()
+        logits[:, tokenizer.pad_token_id] = -math.inf
+        scores.append(torch.log_softmax(logits, -1).gather(-1, option_ids[0, :, None]).sum().item())
+    return scores
+
+
+def brute_force_greedy(model, tokenizer, prompt, max_new_tokens) -> str:
+    """Greedy decoding with the pad id banned, recomputing the whole decoder input at every step."""
+    decoded = torch.tensor([[model.config.decoder_start_token_id]])
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=prompt, decoder_input_ids=decoded).logits[0, -1]
+        logits[tokenizer.pad_token_id] = -math.inf
+        decoded = torch.cat([decoded, logits.argmax().view(1, 1)], dim=1)
+        if decoded[0, -1] == tokenizer.eos_token_id:
+            break
+    return tokenizer.decode(decoded[0, 1:], skip_special_tokens=True).strip()
+
+
 # ----------------------------------------------------------------------------------------- batched vs brute force
 
 @pytest.mark.parametrize("name", ["tiny-teacher", "trained"])
@@ -78,15 +106,11 @@ def test_matches_brute_force(setup, name):
             data = Seq2SeqExamples(setup["data_dir"], round_name, "dev")
             for i, record in enumerate(data.records()[:7]):
                 prompt, target = (torch.tensor(x)[None] for x in data[i])
-                scores = []
-                for option in record["options"]:
-                    option_ids = torch.tensor(tokenizer(option).input_ids)[None]
-                    scores.append(-model(input_ids=prompt, labels=option_ids).loss.item() * option_ids.shape[1])
-                loss = model(input_ids=prompt, labels=target).loss.item()
+                scores = brute_force_option_scores(model, tokenizer, prompt, record["options"])
+                loss = model(input_ids=prompt, labels=target).loss.item()  # the training cross-entropy: no ban
                 nll_by_round[round_name] = nll_by_round.get(round_name, 0.0) + loss * target.shape[1]
                 tokens_by_round[round_name] = tokens_by_round.get(round_name, 0) + target.shape[1]
-                generated = model.generate(prompt, max_new_tokens=8, do_sample=False, num_beams=1)
-                text = tokenizer.decode(generated[0], skip_special_tokens=True).strip()
+                text = brute_force_greedy(model, tokenizer, prompt, max_new_tokens=8)
                 expected.append((record["uid"], scores, text))
                 correct += scores.index(max(scores)) == record["label"]
 
@@ -97,7 +121,9 @@ def test_matches_brute_force(setup, name):
         assert prediction["rank_label"] == scores.index(max(scores))
         assert prediction["generated"] == text
         assert prediction["generated_label"] == parse_answer(text, OPTIONS)
+        assert prediction["teacher_option_scores"] is None
     assert result["overall"]["n"] == 21
+    assert result["overall"]["option_rev_kl"] is None and result["settings"]["teacher"] is False
     assert result["overall"]["accuracy_rank"] == pytest.approx(100 * correct / 21)
     for round_name in ROUNDS:
         assert result["rounds"][round_name]["n"] == 7
@@ -111,6 +137,96 @@ def test_matches_brute_force(setup, name):
         assert result["overall"]["accuracy_generate"] == pytest.approx(
             100 * sum(g == p["generated_label"] for g, p in zip(gold, predictions)) / 21)
         assert result["overall"]["exact_match"] == result["overall"]["accuracy_generate"]
+
+
+def test_option_figures_match_brute_force(setup):
+    """Student and teacher option scores from one model call per option, then per example q and p (softmax over
+    the three scores), KL(q || p), KL(p || q), 1 - sum_k exp(s_k) and -log q(gold), averaged per round."""
+    model, tokenizer = load(setup, "trained")
+    teacher, _ = load(setup, "tiny-teacher")
+    teacher.train()  # evaluate must switch it to eval mode and back
+    result = evaluate(model, tokenizer, setup["data_dir"], split="dev", batch_size=4, generate=False, max_examples=3,
+                      teacher=teacher)
+    assert teacher.training and result["settings"]["teacher"] is True
+
+    teacher.eval()
+    expected = {}
+    with torch.no_grad():
+        for round_name in ROUNDS:
+            data = Seq2SeqExamples(setup["data_dir"], round_name, "dev")
+            for i, record in enumerate(data.records()[:3]):
+                prompt = torch.tensor(data[i][0])[None]
+                s = torch.tensor(brute_force_option_scores(model, tokenizer, prompt, record["options"]))
+                t = torch.tensor(brute_force_option_scores(teacher, tokenizer, prompt, record["options"]))
+                log_q, log_p = s.log_softmax(0), t.log_softmax(0)
+                expected.setdefault(round_name, []).append({
+                    "teacher_option_scores": t.tolist(), "rev": float((log_q.exp() * (log_q - log_p)).sum()),
+                    "fwd": float((log_p.exp() * (log_p - log_q)).sum()), "off": float(1 - s.exp().sum()),
+                    "nll": float(-log_q[record["label"]])})
+
+    everything = [e for examples in expected.values() for e in examples]
+    for prediction, reference in zip(result["predictions"], everything, strict=True):
+        assert prediction["teacher_option_scores"] == pytest.approx(reference["teacher_option_scores"], abs=1e-4)
+    for summary, examples in ((result["overall"], everything),
+                              *((result["rounds"][r], examples) for r, examples in expected.items())):
+        n = len(examples)
+        assert summary["option_rev_kl"] == pytest.approx(sum(e["rev"] for e in examples) / n, abs=1e-5)
+        assert summary["option_fwd_kl"] == pytest.approx(sum(e["fwd"] for e in examples) / n, abs=1e-5)
+        assert summary["gold_option_nll"] == pytest.approx(sum(e["nll"] for e in examples) / n, abs=1e-5)
+        assert 0 <= summary["off_option_mass"] <= 100
+        assert summary["off_option_mass"] == pytest.approx(100 * sum(e["off"] for e in examples) / n, abs=1e-4)
+        assert summary["option_rev_kl"] > 0 and summary["option_fwd_kl"] > 0
+        assert 0 <= summary["ece"] <= 100
+
+
+def test_a_teacher_that_is_the_student_gives_zero_option_kls(setup):
+    """Passed as a DeepSpeed engine would be (the model in ``.module``): unwrapped, and scored exactly as the
+    student."""
+    model, tokenizer = load(setup, "trained")
+    model.train()
+    result = evaluate(model, tokenizer, setup["data_dir"], split="dev", batch_size=4, generate=False, max_examples=2,
+                      teacher=SimpleNamespace(module=model))
+    assert model.training
+    for summary in (result["overall"], *result["rounds"].values()):
+        assert summary["option_rev_kl"] == pytest.approx(0.0, abs=1e-12)
+        assert summary["option_fwd_kl"] == pytest.approx(0.0, abs=1e-12)
+    assert all(p["teacher_option_scores"] == p["option_scores"] for p in result["predictions"])
+    assert "rKL(opt)" in format_table(result) and "fKL(opt)" in format_table(result)
+
+
+def make_pad_dominant(model):
+    """A forward hook on the output layer that sets pad's logit to 1e4 everywhere (far above every other logit);
+    returns its handle."""
+    pad = torch.tensor([model.config.pad_token_id])
+    return model.lm_head.register_forward_hook(lambda module, inputs, logits: logits.index_fill(-1, pad, 1e4))
+
+
+def test_pad_is_never_generated_nor_scored(setup):
+    """With pad's logit dominant, an unbanned greedy decoder emits only pad; the evaluation's generations hold none
+    and, pad being banned before the log-softmax, its option scores and generations are those of the model without
+    the hook."""
+    model, tokenizer = load(setup, "trained")
+    settings = dict(split="dev", batch_size=4, max_new_tokens=6, max_examples=2)
+    plain = evaluate(model, tokenizer, setup["data_dir"], **settings)
+    generated = []
+
+    class RecordingAdapter(Seq2SeqAdapter):
+        def generate(self, *args, **kwargs):
+            generated.append(super().generate(*args, **kwargs))
+            return generated[-1]
+
+    handle = make_pad_dominant(model)
+    try:
+        prompt = torch.tensor(Seq2SeqExamples(setup["data_dir"], "r1", "dev")[0][0])[None]
+        assert (model.generate(prompt, max_new_tokens=3)[0, 1:] == tokenizer.pad_token_id).all()
+        dominated = evaluate(model, tokenizer, setup["data_dir"], adapter=RecordingAdapter.for_model(model),
+                             **settings)
+    finally:
+        handle.remove()
+    assert generated and all((ids != tokenizer.pad_token_id).all() for ids in generated)
+    for mine, reference in zip(dominated["predictions"], plain["predictions"], strict=True):
+        assert mine["option_scores"] == reference["option_scores"]
+        assert mine["generated"] == reference["generated"]
 
 
 def test_without_generation(setup):
@@ -172,8 +288,8 @@ def test_rouge_and_exact_match():
 
 def prediction(uid, gold, ranked, generated_label, text="x", nll=2.0, tokens=2, round_name="r1"):
     return {"uid": uid, "round": round_name, "gold_label": gold, "rank_label": ranked, "option_scores": [0, 0, 0],
-            "generated": text, "generated_label": generated_label, "rougeL": 50.0, "exact_match": 0.0,
-            "target": "t", "target_nll": nll, "target_tokens": tokens}
+            "teacher_option_scores": None, "generated": text, "generated_label": generated_label, "rougeL": 50.0,
+            "exact_match": 0.0, "target": "t", "target_nll": nll, "target_tokens": tokens}
 
 
 def test_confusion_matrix_and_shares():
@@ -210,8 +326,12 @@ def test_write_results_and_table(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predictions.jsonl", "results.json"]
     assert json.loads((tmp_path / "out" / "results.json").read_text())["overall"]["accuracy_rank"] == 100.0
     lines = format_table(result).splitlines()
-    assert lines[0].split() == ["round", "n", "loss", "acc(rank)", "acc(gen)", "unparsed", "rougeL", "EM"]
-    assert lines[1].split() == ["r1", "1", "1.0000", "100.00", "100.00", "0", "50.00", "0.00"]
+    assert lines[0].split() == ["round", "n", "loss", "acc(rank)", "acc(gen)", "unparsed", "rougeL", "EM", "ECE",
+                                "NLL(gold)", "off-set%"]
+    # option scores 0, 0, 0: q = 1/3 each (confidence 1/3, correct: ECE 66.67), NLL log 3, off-set mass 1 - 3
+    # clamped at 0
+    assert lines[1].split() == ["r1", "1", "1.0000", "100.00", "100.00", "0", "50.00", "0.00", "66.67", "1.0986",
+                                "0.00"]
     assert lines[2].split()[0] == "overall"
 
 
@@ -236,6 +356,35 @@ def test_cli_end_to_end(setup, tmp_path):
     records = Seq2SeqExamples(setup["data_dir"], "r1", "test").records()[:6]
     assert [p["uid"] for p in predictions[:6]] == [r["uid"] for r in records]
     assert [p["gold_label"] for p in predictions[:6]] == [r["label"] for r in records]
+
+
+def test_cli_with_a_teacher(setup, tmp_path):
+    out, teacher = tmp_path / "eval", setup["models"] / "tiny-teacher"
+    done = run([sys.executable, "-m", "minillm.evaluate", "--model-path", str(setup["models"] / "trained"),
+                "--teacher-model-path", str(teacher), "--data-dir", str(setup["data_dir"]), "--split", "dev",
+                "--max-examples", "3", "--no-generate", "--out-dir", str(out)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "rKL(opt)" in done.stdout and "off-set%" in done.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["teacher_model_path"] == str(teacher)
+    for summary in (results["overall"], *results["rounds"].values()):
+        assert summary["option_rev_kl"] > 0 and summary["option_fwd_kl"] > 0
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 9 and all(len(p["teacher_option_scores"]) == 3 for p in predictions)
+
+
+def test_cli_refuses_a_teacher_it_cannot_load_or_with_another_vocabulary(setup, tmp_path):
+    build_model("tiny-student", 300).save_pretrained(tmp_path / "other_vocabulary")
+    for teacher, message in ((tmp_path / "absent", f"--teacher-model-path {tmp_path / 'absent'}: cannot load the"),
+                             (tmp_path / "other_vocabulary", f"--teacher-model-path {tmp_path / 'other_vocabulary'}: "
+                              "vocabulary of 300 tokens but --model-path")):
+        done = run([sys.executable, "-m", "minillm.evaluate", "--model-path", str(setup["models"] / "tiny-student"),
+                    "--teacher-model-path", str(teacher), "--data-dir", str(setup["data_dir"]), "--split", "dev",
+                    "--max-examples", "2", "--no-generate", "--out-dir", str(tmp_path / "out")])
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        errors = [line for line in done.stderr.splitlines() if line.startswith("minillm.evaluate: error: ")]
+        assert len(errors) == 1 and message in errors[0], done.stderr[-2000:]
+        assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -297,15 +446,22 @@ def test_run_eval_script(setup, tmp_path):
     shutil.copytree(setup["models"] / "trained", spaced)
     checkpoints = [setup["models"] / "tiny-student", spaced]
     done = run(["bash", script, str(REPO)], CKPTS="\n".join(map(str, checkpoints)), DATA_DIR=str(setup["data_dir"]),
-               SPLIT="dev", BATCH_SIZE="8", EXTRA_ARGS="--max-examples 3 --no-generate")
+               SPLIT="dev", BATCH_SIZE="8", EXTRA_ARGS="--max-examples 3 --no-generate",
+               TEACHER_CKPT=str(setup["models"] / "tiny-teacher"))
     assert done.returncode == 0, done.stderr[-2000:]
     summary = done.stdout.split("== summary")[1].strip().splitlines()[1:]
     assert len(summary) == 2
     for ckpt, line in zip(checkpoints, summary):
         results = json.loads((ckpt / "eval" / "dev" / "results.json").read_text())
-        assert results["overall"]["n"] == 9
+        assert results["overall"]["n"] == 9 and results["overall"]["option_rev_kl"] > 0
         assert line.startswith(f"{ckpt}: overall {results['overall']['accuracy_rank']:.2f}")
         assert "r1 " in line and "r3 " in line
+
+    done = run(["bash", script, str(REPO)], CKPTS=str(checkpoints[0]), DATA_DIR=str(setup["data_dir"]), SPLIT="dev",
+               EXTRA_ARGS="--max-examples 1 --no-generate", TEACHER_CKPT="")  # empty: no teacher
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((checkpoints[0] / "eval" / "dev" / "results.json").read_text())
+    assert results["overall"]["n"] == 3 and results["overall"]["option_rev_kl"] is None
 
     done = run(["bash", script, str(REPO)], CKPTS="")
     assert done.returncode != 0 and "set CKPTS" in done.stderr

@@ -4,12 +4,29 @@ Only rank 0 writes. A checkpoint records how many lines ``metrics.jsonl`` held w
 on resume the lines after those (written after the checkpoint by the interrupted run: metric lines of later steps, a
 rollout collection logged at the checkpoint's own step) are dropped, and TensorBoard purges its events past the
 resumed step, so that both read as one uninterrupted run.
+
+TensorBoard gets every number of a record, nested dicts included: ``{"loss": ..}`` under ``prefix/loss``,
+``{"label_share_rank": {"neutral": ..}}`` under ``prefix/label_share_rank/neutral``. A dict under a key of
+:data:`GROUPING_KEYS` holds named groups and adds no level of its own: an evaluation record's
+``{"rounds": {"r1": {"ece": ..}}}`` is ``eval/r1/ece``. Lists (confusion matrices), strings and None are not logged.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+
+GROUPING_KEYS = ("rounds",)
+
+
+def scalar_tags(record: dict, prefix: str) -> Iterator[tuple[str, float]]:
+    """``(tag, value)`` of every int, float or bool in ``record`` and its nested dicts (module docstring)."""
+    for key, value in record.items():
+        if isinstance(value, dict):
+            yield from scalar_tags(value, prefix if key in GROUPING_KEYS else f"{prefix}/{key}")
+        elif isinstance(value, (int, float)):
+            yield f"{prefix}/{key}", value
 
 
 class RunLog:
@@ -36,15 +53,16 @@ class RunLog:
         self.writer = SummaryWriter(str(save_dir / "tensorboard"), purge_step=purge)
 
     def write(self, record: dict, prefix: str) -> None:
-        """Append ``record`` (which has a ``step``) and its scalar fields to TensorBoard under ``prefix/``."""
+        """Append ``record`` (which has a ``step``) and its numbers, nested ones included, to TensorBoard under
+        ``prefix/`` (:func:`scalar_tags`)."""
         if not self.enabled:
             return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         self.lines += 1
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)) and value is not None:
-                self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])
+        step = record["step"]
+        for tag, value in scalar_tags({k: v for k, v in record.items() if k != "step"}, prefix):
+            self.writer.add_scalar(tag, value, step)
         self.writer.flush()
 
     def print(self, line: str) -> None:

@@ -263,7 +263,8 @@ def train(config: TrainConfig) -> dict:
     def run_evaluation() -> dict:
         result = evaluate(engine.module, tokenizer, config.data_dir, config.eval_split, config.eval_rounds,
                           config.eval_batch_size, config.eval_max_new_tokens, config.eval_generate,
-                          config.eval_max_examples, adapter, config.max_prompt_length, config.max_target_length)
+                          config.eval_max_examples, adapter, config.max_prompt_length, config.max_target_length,
+                          teacher=getattr(objective, "teacher", None))  # a frozen teacher: option KLs too
         metrics = {"step": state["step"], "overall": result["overall"], "rounds": result["rounds"]}
         if objective.on_policy:
             metrics["policy"] = evaluate_policy()
@@ -384,6 +385,9 @@ def summary_line(metrics: dict, state: dict, select_by: str) -> str:
     parts = [f"eval step {metrics['step']}: loss {overall['loss']:.4f}", f"acc(rank) {overall['accuracy_rank']:.1f}"]
     if overall["accuracy_generate"] is not None:
         parts += [f"acc(gen) {overall['accuracy_generate']:.1f}", f"rougeL {overall['rougeL']:.1f}"]
+    parts.append(f"ECE {overall['ece']:.1f}, off-set {overall['off_option_mass']:.1f}%")
+    if overall["option_rev_kl"] is not None:  # evaluated beside the objective's teacher
+        parts.append(f"rKL(opt) {overall['option_rev_kl']:.4f}")
     parts += [f"{r} {m['accuracy_rank']:.1f}" for r, m in metrics["rounds"].items()]
     if "policy" in metrics:  # on-policy objectives: student-only samples scored by the teacher
         parts.append(f"rev_kl {metrics['policy']['rev_kl']:.3f}, len {metrics['policy']['student_length']:.2f}")

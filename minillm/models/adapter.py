@@ -10,7 +10,9 @@ and with logits ``[B, T, V]`` aligned with ``labels``: ``logits[b, t]`` is the m
 
 Encoder-decoder (T5): the encoder reads the prompt; the decoder input is the target shifted right by one with the
 decoder start token (T5: pad, id 0) in front, so the decoder's output at position t predicts ``labels[t]``. The
-labels never carry the start token: it is added exactly once, here.
+labels never carry the start token: it is added exactly once, here. Generation never emits the pad id (it is the
+start token and the padding, never an output): it is suppressed at every step, so evaluation and SeqKD targets
+come from the distribution that scoring and on-policy sampling use, with pad banned.
 
 A decoder-only adapter (GPT-2, OPT, LLaMA, later) will concatenate prompt and target, run one forward pass, and
 slice the logits at ``prompt_length - 1 + t``, so that the same ``[B, T, V]`` alignment holds.
@@ -50,19 +52,22 @@ class Seq2SeqAdapter:
 
     @staticmethod
     def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """log p(labels[b, t] | ...) in fp32, zero where ``labels`` is -100."""
+        """log p(labels[b, t] | ...) in fp32, zero where ``labels`` is -100 (also when ``logits`` ban ids: the
+        -inf picked at a padding position is replaced, not multiplied by 0, which would give NaN)."""
         mask = labels != IGNORE_INDEX
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         picked = logprobs.gather(-1, labels.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
-        return picked * mask
+        return picked.masked_fill(~mask, 0.0)
 
     @torch.no_grad()
     def generate(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                  **generate_kwargs) -> torch.Tensor:
-        """Generated target ids ``[B, T]`` without the decoder start token, padded with -100 after EOS."""
+        """Generated target ids ``[B, T]`` without the decoder start token, padded with -100 after EOS. The pad id
+        gets a -inf logit at every step before any sampling warper (``suppress_tokens``), so it is never generated;
+        the decoder start token (pad in T5) is still the first decoder input."""
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                              decoder_start_token_id=self.decoder_start_token_id, pad_token_id=self.pad_token_id,
-                             eos_token_id=self.eos_token_id, **generate_kwargs)
+                             eos_token_id=self.eos_token_id, suppress_tokens=[self.pad_token_id], **generate_kwargs)
         targets = out[:, 1:]
         after_eos = (targets == self.eos_token_id).long().cumsum(-1) - (targets == self.eos_token_id).long()
         return targets.masked_fill(after_eos > 0, IGNORE_INDEX).contiguous()

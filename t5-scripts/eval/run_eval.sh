@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Evaluate checkpoints on ANLI (rank classification, greedy generation, Rouge-L, loss; per round and overall).
+# Evaluate checkpoints on ANLI (rank classification, greedy generation, Rouge-L, loss, calibration (ECE), gold option
+# NLL, off-option mass and, with a teacher, the option KLs; per round and overall; docs/metrics.md).
 #   CKPTS="CKPT1 CKPT2 ..." bash t5-scripts/eval/run_eval.sh [BASE]
 # Environment: CKPTS (required; checkpoint folders separated by spaces, or one per line for paths with spaces),
 # DATA_DIR [BASE/processed_data/anli/flan-label], SPLIT [test], BATCH_SIZE [32], MAX_NEW_TOKENS [16], EXTRA_ARGS
-# (more flags for python -m minillm.evaluate, e.g. "--dtype bf16 --max-examples 200").
+# (more flags for python -m minillm.evaluate, e.g. "--dtype bf16 --max-examples 200"), TEACHER_CKPT [empty: none]
+# (a teacher sharing the checkpoints' tokenizer, passed as --teacher-model-path: adds option_rev_kl and
+# option_fwd_kl, each checkpoint's KL to it over the three answer options).
 # One process scores the checkpoints in turn; each one's results.json and predictions.jsonl go to CKPT/eval/SPLIT/,
 # and a summary line per checkpoint ends the output.
 set -euo pipefail
@@ -24,6 +27,10 @@ else
   read -ra CHECKPOINTS <<< "$CKPTS"
 fi
 read -ra EXTRA <<< "${EXTRA_ARGS:-}"
+TEACHER=()
+if [[ -n "${TEACHER_CKPT:-}" ]]; then
+  TEACHER=(--teacher-model-path "$TEACHER_CKPT")
+fi
 
 run_python -m minillm.evaluate --model-path "${CHECKPOINTS[@]}" --data-dir "$DATA_DIR" --split "$SPLIT" \
-  --batch-size "${BATCH_SIZE:-32}" --max-new-tokens "${MAX_NEW_TOKENS:-16}" "${EXTRA[@]}"
+  --batch-size "${BATCH_SIZE:-32}" --max-new-tokens "${MAX_NEW_TOKENS:-16}" "${TEACHER[@]}" "${EXTRA[@]}"

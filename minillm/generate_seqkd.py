@@ -14,8 +14,9 @@ its share by length and generates in batches (greedy, or sampling with temperatu
 
 Each output record keeps the gold record's fields (uid, round, premise, hypothesis, label, reason, prompt, options)
 with ``target`` set to the teacher's output text, and adds ``target_ids`` (the teacher's token ids, exactly as
-generated, EOS included when it stopped), ``gold_target``, ``sample`` (0 .. n-1), ``finished`` (it stopped at EOS
-within ``--max-new-tokens``) and ``teacher_answer`` (the option its text states, parsed as in evaluation, or None).
+generated, EOS included when it stopped; never the pad id, which :meth:`Seq2SeqAdapter.generate` bans),
+``gold_target``, ``sample`` (0 .. n-1), ``finished`` (it stopped at EOS within ``--max-new-tokens``) and
+``teacher_answer`` (the option its text states, parsed as in evaluation, or None).
 ``process_pseudo_data_seqkd.sh`` turns the folder into training shards whose targets are those ids.
 """
 

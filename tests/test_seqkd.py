@@ -5,13 +5,19 @@ import json
 import os
 import subprocess
 import sys
+from argparse import Namespace
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForSeq2SeqLM
 
 from minillm.data.indexed_dataset import ShardedIndexedDataset, split_prompt_target
+from minillm.generate_seqkd import generate_share, load_prompts
+from minillm.models.adapter import Seq2SeqAdapter
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "deepspeed"
@@ -72,6 +78,37 @@ def test_sampling_writes_n_outputs_per_prompt(tiny_setup, tmp_path):
     assert len(out) == 600 and Counter(r["sample"] for r in out) == {0: 300, 1: 300}
     assert Counter(r["uid"] for r in out) == Counter({r["uid"]: 2 for r in out})
     assert sum(a["target_ids"] != b["target_ids"] for a, b in zip(out[::2], out[1::2])) > 100  # really sampled
+
+
+def test_generation_never_emits_pad_even_when_its_logit_dominates(tiny_setup):
+    """A hook sets pad's logit to 1e4 at every step: unbanned, greedy decoding emits only pad; the SeqKD generation
+    (greedy and sampled) emits none, and its greedy outputs are those of the model without the hook."""
+    teacher = AutoModelForSeq2SeqLM.from_pretrained(tiny_setup["models"] / "tiny-teacher").eval()
+    adapter = Seq2SeqAdapter.for_model(teacher)
+    prompts = [ids for _, ids in load_prompts(tiny_setup["data_dir"], ["r1"], "train")[:12]]
+    greedy = Namespace(decoding="greedy", batch_size=5, max_new_tokens=6, num_samples=1)
+    sample = Namespace(decoding="sample", batch_size=5, max_new_tokens=6, num_samples=2, temperature=1.5, top_k=0,
+                       top_p=1.0)
+
+    def generate(args) -> list[list[list[int]]]:  # per prompt, per sample: the ids
+        with tqdm(disable=True) as progress:
+            outputs = generate_share(teacher, adapter, prompts, list(range(len(prompts))), args, "cpu", progress)
+        return [outputs[i] for i in range(len(prompts))]
+
+    plain = generate(greedy)
+    pad = torch.tensor([adapter.pad_token_id])
+    handle = teacher.lm_head.register_forward_hook(lambda module, inputs, logits: logits.index_fill(-1, pad, 1e4))
+    try:
+        unbanned = teacher.generate(torch.tensor(prompts[0])[None], max_new_tokens=3)
+        assert (unbanned[0, 1:] == adapter.pad_token_id).all()
+        torch.manual_seed(0)
+        dominated = {"greedy": generate(greedy), "sample": generate(sample)}
+    finally:
+        handle.remove()
+    assert dominated["greedy"] == plain
+    for outputs in dominated.values():
+        ids = [t for samples in outputs for sample_ids in samples for t in sample_ids]
+        assert ids and adapter.pad_token_id not in ids
 
 
 def test_generation_refuses_greedy_with_several_samples(tiny_setup, tmp_path):
@@ -160,6 +197,15 @@ def test_bad_generated_data_is_refused_in_one_line_and_leaves_output_intact(tiny
     assert "r1/train.jsonl: no records" in refused("empty", lambda bad: (bad / "r1" / "train.jsonl").write_text(""))
     message = refused("truncated", lambda bad: (bad / "r1" / "train.jsonl").write_text(train.read_text()[:-20]))
     assert f"r1/train.jsonl:{len(records)}: not valid JSON" in message
+
+    def pad_in_target_on_line_5(bad):
+        fifth = {**records[4], "target_ids": [records[4]["target_ids"][0], 0, 1]}
+        lines = [*records[:4], fifth, *records[5:]]
+        (bad / "r1" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+    message = refused("pad_in_target", pad_in_target_on_line_5)
+    assert f"r1/train.jsonl:5: uid {records[4]['uid']}: target_ids hold the pad id 0" in message
+    assert "\n" not in message
     assert "tokenizer '/elsewhere/tokenizer' but DATA_DIR" in refused("other_tokenizer", other_tokenizer)
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The embedded default (t5-scripts/run_default.sh) once per seed, then the methods compared across the runs
-# (tools/compare_runs.py: mean and sample standard deviation per method and round, and each student's difference
-# from the SFT student within a seed). A seed fixes the synthetic data, the tokenizer, the initial weights, the data
-# order and dropout, so the spread is that of the whole pipeline.
+# (tools/compare_runs.py: mean and sample standard deviation per method and round, the step of each best/ and the
+# last/ score beside it, and each student's difference from the SFT student within a seed with its 95 % interval).
+# A seed fixes the synthetic data, the tokenizer, the initial weights, the data order and dropout, so the spread is
+# that of the whole pipeline.
 #   bash t5-scripts/run_default_seeds.sh [BASE]
 # Environment: SEEDS ["0 1 2"], WORK_ROOT [BASE/runs] (run s goes to WORK_ROOT/default_seed<s>), METRIC
 # [accuracy_rank] (or accuracy_generate, rougeL, exact_match, loss; on the test split); every run_default.sh
@@ -27,7 +28,7 @@ RUNS=()
 for seed in "${SEED_LIST[@]}"; do
   work="$WORK_ROOT/default_seed$seed"
   RUNS+=("$work")
-  if [[ -f "$work/results/minillm/student/best/eval/test/results.json" ]]; then
+  if [[ -f "$work/results/minillm/student/last/eval/test/results.json" ]]; then  # the main job's last evaluation
     printf '\n== seed %s: results in %s (kept; delete the folder to train again)\n' "$seed" "$work"
     continue
   fi

@@ -44,10 +44,14 @@ def test_default_job_end_to_end(tmp_path, repo_root):
                         labels=torch.tensor(target[None].astype(np.int64)))
         assert out.logits.shape == (1, len(target), 256) and torch.isfinite(out.loss)
 
-    # Steps 5-11: teacher and student SFT'd on round 1, the student distilled by KD, SeqKD and MiniLLM through the
-    # recipes, the five best/ checkpoints scored on test, every round. (At this test's size nothing learns beyond
-    # chance: learning is tested in test_distillation_learns.py and measured by the full-size job, README.)
+    # Steps 5-12: teacher and student SFT'd on round 1, the student distilled by KD, SeqKD and MiniLLM through the
+    # recipes, the five best/ and last/ checkpoints scored on test, every round, and the comparison table. (At this
+    # test's size nothing learns beyond chance: learning is tested in test_distillation_learns.py and measured by
+    # the full-size job, README.)
     assert "summary: accuracy (rank classification) on test" in done.stdout
+    table = done.stdout[done.stdout.index("accuracy_rank on test of each method's best/ checkpoint, 1 run"):]
+    assert "best/ selected by dev accuracy (ties to the later step)" in table and "warning" not in table
+    assert "note: one run is one draw" in table
     results = tmp_path / "results"
     runs = [results / "sft" / "teacher", results / "sft" / "student", results / "kd" / "student",
             results / "seqkd" / "student", results / "minillm" / "student"]
@@ -55,9 +59,16 @@ def test_default_job_end_to_end(tmp_path, repo_root):
         log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert any("padding" in r for r in log) and any(r.get("split") == "dev" for r in log)
         assert json.loads((run / "last" / "args.json").read_text())["train_round"] == "r1"
-        test = json.loads((run / "best" / "eval" / "test" / "results.json").read_text())
-        assert sorted(test["rounds"]) == ["r1", "r2", "r3"] and test["overall"]["n"] == 180
-        assert test["overall"]["unparsed"] == 0
+        for folder in ("best", "last"):
+            test = json.loads((run / folder / "eval" / "test" / "results.json").read_text())
+            assert sorted(test["rounds"]) == ["r1", "r2", "r3"] and test["overall"]["n"] == 180
+            assert test["overall"]["unparsed"] == 0
+        assert json.loads((run / "best" / "trainer_state.json").read_text())["select_by"] == "accuracy"
+    # MiniLLM starts from the SFT student's best_loss/ (MiniLLM's rule for its initialisation)
+    sft_args = json.loads((results / "minillm" / "student" / "last" / "args.json").read_text())
+    assert sft_args["model_path"] == str(results / "sft" / "student" / "best_loss")
+    assert json.loads((results / "sft" / "student" / "best_loss" / "trainer_state.json").read_text())[
+        "selections"]["best_loss"]["select_by"] == "loss"
     kd_log = [json.loads(line) for line in (results / "kd" / "student" / "metrics.jsonl").open()]
     assert all(r["kd"] > 0 and "ce" in r for r in kd_log if "padding" in r)
 

@@ -1,6 +1,6 @@
 """MiniLLM's policy-gradient pieces as pure functions of per-token tensors ``[B, T]`` and a mask.
 
-Notation (``shared/reference/seq2seq-rkl-math.md``): x the prompt, y = y_1..y_T a rollout target, q_theta the
+Notation (``docs/math.md``): x the prompt, y = y_1..y_T a rollout target, q_theta the
 student, q_old the student that sampled it, p the frozen teacher, m_t = (1 - alpha) q_old + alpha p the
 teacher-mixed distribution it was sampled from. ``mask[b, t]`` is True on the rollout's tokens (EOS included) and
 False on the padding after it; padded positions contribute to nothing (sums, means, whitening statistics).

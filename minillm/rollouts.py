@@ -9,10 +9,13 @@ token is drawn from the teacher-mixed distribution
     m_t = (1 - alpha) q_old + alpha p~,
 
 p~ being the teacher at the same temperature on the same keep-set (p~ = p at the defaults: temperature 1, no top-k
-/ top-p). Recorded per token: log q_old(y_t), log p(y_t) (the raw teacher, temperature 1: the reward), log m_t(y_t),
-and the teacher's log-distribution at the position (for the single-step term: in full, or with ``teacher_topk = K``
-as its K most likely tokens plus one bin for the rest, see :func:`minillm.divergences.coarsen`), so that the frozen
-teacher runs exactly once per rollout. Sequences stop at EOS (kept as a target token) and are padded with -100 after it.
+/ top-p). The objective is KL(q || p) with q the processed student (as q_old samples) and p the raw teacher, so the
+reward and the single-step term use p; p~ only shapes the proposal m_t, which the importance weight q_old / m_t
+corrects (docs/math.md sections 3 and 5). Recorded per token: log q_old(y_t), log p(y_t) (the raw teacher,
+temperature 1: the reward), log m_t(y_t), and the teacher's log-distribution at the position (for the single-step
+term: in full, or with ``teacher_topk = K`` as its K most likely tokens plus one bin for the rest, see
+:func:`minillm.divergences.coarsen`), so that the frozen teacher runs exactly once per rollout. Sequences stop at
+EOS (kept as a target token) and are padded with -100 after it.
 
 Targets are stored as the adapter's labels: y_1..y_T **without** the decoder start token, which the adapter adds
 exactly once when they are fed back; :func:`policy_log_probs` on teacher-forced logits of the stored targets gives

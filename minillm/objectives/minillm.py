@@ -24,12 +24,25 @@ weight for teacher-mixed sampling), eps = ``--cliprange``, and the advantage
     r_t = clip((log p(y_t) - log q_old(y_t)) / reward_scaling, +-cliprange_reward),
 
 where S_t = {t' > t} when the single-step term is on (it accounts for r_t exactly: the decomposition of
-``shared/reference/seq2seq-rkl-math.md`` section 2) and {t' >= t} when it is off; n_t = |S_t| with
-``--length-norm`` (else 1); whitening over the valid tokens of all processes' rollouts (``--whiten-advantages``).
+``docs/math.md`` section 3) and {t' >= t} when it is off; n_t = |S_t| with ``--length-norm`` (else 1); whitening
+(``--whiten-advantages``) over the valid tokens of all processes' rollouts.
+
+What is minimised is KL(q~ || p): q~ the student as it samples (temperature, top-k / top-p keep-set recorded per
+position and reused when scoring), p the raw teacher (temperature 1, no cut). The reward r_t and the single-step
+term both use the raw p, because they are the two halves of one decomposition of that KL's gradient
+(R_t = r_t + R_{t+1}); the tempered, cut teacher p~ enters only the proposal m_t the tokens are drawn from, which
+w_t = q_old / m_t accounts for (exact at alpha = 0 under every sampling setting: tests/test_minillm_gradient.py).
+
+Whitening scope (``--whiten-scope``): ``collection`` (default) whitens once per collection, one statistic over all
+N rollouts of all processes, so every micro-batch's advantages share one scale and the update does not depend on
+how the collection is cut; ``micro-batch`` whitens each micro-batch in :meth:`MiniLLMObjective.micro_batch`, over
+its valid tokens and those of the other processes' micro-batches formed with it (the reference's behaviour, for
+replication). The engine passes the cross-process sum in, so this module needs no torch.distributed.
 
 Choices that differ from the reference implementation, on purpose: the return under the single-step term excludes
 r_t (the reference counts r_t in both terms); ``--length-norm`` really switches the normalisation (the reference
-always applies it); whitening ignores padding (the reference counts it). The LM term is SFT on gold
+always applies it); whitening ignores padding (the reference counts it) and is per collection by default (the
+reference's is per micro-batch). The LM term is SFT on gold
 (prompt, target) pairs, the seq2seq counterpart of MiniLLM's pre-training loss on plain text (an encoder-decoder
 has no plain-text objective that matches its task format); it is a token mean over its own batch, weighted to
 enter the loop's normalisation by N like the other terms.

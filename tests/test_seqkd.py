@@ -236,6 +236,10 @@ def test_seqkd_script_trains_on_teacher_targets_with_optional_word_level_kd(tiny
     assert (args["type"], args["kd_ratio"], args["data_dir"]) == ("seqkd", 0.0, str(pseudo))
     train = [r for r in read_jsonl(tmp_path / "plain" / "metrics.jsonl") if "padding" in r]
     assert len(train) == 3 and all("kd" not in r for r in train)
+    evals = [r for r in read_jsonl(tmp_path / "plain" / "metrics.jsonl") if r.get("split") == "dev"]
+    assert evals[-1]["option_rev_kl"] is None  # no teacher loaded without word-level KD
     assert_ok(run_tool("seqkd/seqkd_small.sh", SAVE_DIR=tmp_path / "mixed", KD_RATIO=0.5, **env))
     train = [r for r in read_jsonl(tmp_path / "mixed" / "metrics.jsonl") if "padding" in r]
     assert all(r["kd"] > 0 and r["loss"] == pytest.approx(0.5 * r["ce"] + 0.5 * r["kd"], rel=1e-5) for r in train)
+    evals = [r for r in read_jsonl(tmp_path / "mixed" / "metrics.jsonl") if r.get("split") == "dev"]
+    assert evals[-1]["option_rev_kl"] > 0 and evals[-1]["option_fwd_kl"] > 0  # scored against the loaded teacher

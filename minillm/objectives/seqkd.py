@@ -21,6 +21,7 @@ class SeqKDObjective(Objective):
         super().__init__(config, adapter)
         self.loss = (KDObjective(config, adapter, load_frozen_model) if config.kd_ratio > 0
                      else SFTObjective(config, adapter))
+        self.teacher = getattr(self.loss, "teacher", None)  # the engine's evaluations score options against it
 
     def __call__(self, model, batch: dict) -> ObjectiveOutput:
         return self.loss(model, batch)

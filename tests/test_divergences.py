@@ -7,11 +7,13 @@ import torch
 
 from minillm.divergences import (
     DIVERGENCES,
+    _mixture_log,
     adaptive_kl,
     coarsen,
     forward_kl,
     kl_from_log_probs,
     generalized_jsd,
+    log_probs,
     reverse_kl,
     skew_forward_kl,
     skew_reverse_kl,
@@ -254,3 +256,75 @@ def test_bad_arguments_are_refused():
         forward_kl(student, teacher, mask, reduction="avg")
     with pytest.raises(ValueError, match="share one vocabulary"):
         forward_kl(student, random_logits(2, 6), mask)
+
+
+def test_log_probs_default_temperature_is_one_and_precision_is_promoted():
+    """``log_probs(logits)`` is the plain log-softmax: logits (0, ln 3) give (1/4, 3/4); bf16 logits come back in
+    fp32, fp64 logits in fp64."""
+    two = torch.tensor([0.0, math.log(3)], dtype=torch.float64)
+    assert torch.allclose(log_probs(two), torch.tensor([math.log(0.25), math.log(0.75)], dtype=torch.float64),
+                          rtol=1e-12)
+    assert log_probs(two).dtype == torch.float64
+    uniform = log_probs(torch.zeros(4, dtype=torch.bfloat16))
+    assert uniform.dtype == torch.float32 and torch.allclose(uniform, torch.full((4,), -math.log(4)), rtol=1e-6)
+
+
+def test_mixture_log_by_hand():
+    """``log(1/4 a + 3/4 b)`` for a = (1/2, 1/2, 0, 0), b = (0, 1/2, 1/2, 0): (1/8, 1/2, 3/8, 0), the last token -inf
+    (zero under both) with a zero gradient, never NaN."""
+    a_log = torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=torch.float64).log().requires_grad_(True)
+    b_log = torch.tensor([0.0, 0.5, 0.5, 0.0], dtype=torch.float64).log()
+    mixed = _mixture_log(a_log, b_log, 0.25)
+    assert torch.allclose(mixed.exp(), torch.tensor([1 / 8, 1 / 2, 3 / 8, 0.0], dtype=torch.float64), rtol=1e-12)
+    assert float(mixed[3].detach()) == -math.inf
+    (grad,) = torch.autograd.grad(mixed[:3].sum(), a_log)
+    # d log m_v / d log a_v = w a_v / m_v: 1 on token 0, (1/8) / (1/2) = 1/4 on token 1, 0 where a_v = 0
+    assert torch.allclose(grad, torch.tensor([1.0, 0.25, 0.0, 0.0], dtype=torch.float64), rtol=1e-12)
+
+
+def test_coarsen_keeps_each_row_apart():
+    """A batch where the ids cover the support of one row and not of the other: the first row's remainder bin is
+    -inf (its gradient 0), the second's is ln(0.3) (tokens 2 and 3 together), and nothing is NaN."""
+    probabilities = torch.tensor([[0.6, 0.4, 0.0, 0.0], [0.5, 0.2, 0.1, 0.2]], dtype=torch.float64)
+    log_p = probabilities.log().requires_grad_(True)
+    ids = torch.tensor([[0, 1], [0, 1]])
+    binned = coarsen(log_p, ids)
+    expected = torch.tensor([[0.6, 0.4, 0.0], [0.5, 0.2, 0.3]], dtype=torch.float64).log()
+    assert torch.allclose(binned, expected, rtol=1e-12)  # -inf == -inf counts as close
+    (grad,) = torch.autograd.grad(binned[:, 2].masked_fill(binned[:, 2] == -math.inf, 0.0).sum(), log_p)
+    # d log(p_2 + p_3) / d log p_v = p_v / (p_2 + p_3) on the second row's tokens 2 and 3, 0 elsewhere
+    assert torch.allclose(grad, torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1 / 3, 2 / 3]], dtype=torch.float64),
+                          rtol=1e-12)
+
+
+def test_adaptive_kl_mu_range_and_mu_one_is_forward_kl():
+    """mu = 1: the head is every token the teacher covers (the mass before the last one is below 1), the tail gap is
+    0, so w_head = 1 and AKL is the forward KL. mu must be in (0, 1]."""
+    mask = torch.tensor([True, True])
+    assert torch.allclose(adaptive_kl(logits(S), logits(T), mask, mu=1.0, reduction="none"),
+                          torch.tensor([kl(t, s) for s, t in zip(S, T)], dtype=torch.float64), rtol=1e-9)
+    for mu in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match=r"mu must be in \(0, 1\], got"):
+            adaptive_kl(logits(S), logits(T), mask, mu=mu)
+
+
+def test_adaptive_kl_is_exactly_zero_when_the_distributions_round_to_equal():
+    """Logits one ulp apart can give log-probabilities that differ in their last bit while their exponentials are
+    equal: every gap is 0, so w_head = 1/2 and the forward and reverse KLs, exact negatives of each other (about
+    +-4e-17 here), cancel to exactly 0 (a weight of 0 or 1 would leave a tiny negative or positive value)."""
+    student = random_logits(4000, 4, seed=17)
+    teacher = student.clone()
+    teacher[:, 0] = torch.nextafter(teacher[:, 0], torch.tensor(math.inf, dtype=teacher.dtype))
+    s_log, t_log = log_probs(student), log_probs(teacher)
+    rounded_equal = (s_log.exp() == t_log.exp()).all(-1) & (s_log != t_log).any(-1)
+    mask = torch.ones(4000, dtype=torch.bool)
+    fkl = forward_kl(student, teacher, mask, reduction="none")[rounded_equal]
+    assert (fkl != 0).any()  # such positions exist and their KLs are not exactly 0
+    assert torch.equal(reverse_kl(student, teacher, mask, reduction="none")[rounded_equal], -fkl)
+    assert (adaptive_kl(student, teacher, mask, reduction="none")[rounded_equal] == 0).all()
+
+
+def test_mask_of_another_shape_is_refused():
+    """A mask that only broadcasts against the logits (here without its batch dimension) is refused, not spread."""
+    with pytest.raises(ValueError, match=r"mask shape \(3,\) does not match the positions \(2, 3\)"):
+        forward_kl(random_logits(2, 3, 5), random_logits(2, 3, 5), torch.ones(3, dtype=torch.bool))

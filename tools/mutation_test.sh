@@ -4,7 +4,7 @@
 #   bash tools/mutation_test.sh
 # Not part of CI or tests/run.sh. CPU budget: a full run (1239 mutants) took 13.5 to 18.5 min wall time on 2 shared
 # cores (docs/mutation.md): about 20 minutes.
-# Installs requirements-dev.txt into .venv when mutmut is missing (run install.sh first), starts from an empty
+# Installs requirements-dev.txt into .venv when mutmut is missing (INSTALL_DEV=1 bash install.sh), starts from an empty
 # mutants/ (KEEP_MUTANTS=1 keeps mutmut's results there and retests only what changed), runs one mutmut worker per
 # core (MUTMUT_CHILDREN to change), prints the counts and the kill rate (killed, timeouts included, over all
 # mutants) and lists the survivors (`.venv/bin/mutmut show NAME` prints one's diff). Exits 1 below 90 %.
@@ -17,7 +17,7 @@ if [[ ! -x .venv/bin/python ]]; then
   exit 2
 fi
 if [[ ! -x .venv/bin/mutmut ]]; then
-  .venv/bin/python -m pip install --quiet -r requirements-dev.txt
+  INSTALL_DEV=1 bash install.sh
 fi
 # mutmut runs the tests inside mutants/ with the mutated package first on sys.path: nothing may point at the
 # original one. One torch thread per worker: the workers share the cores.

@@ -300,6 +300,17 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(tiny_setup, tmp_p
     logged = (killed / "metrics.jsonl").read_text().splitlines()
     assert state["select_by"] == "accuracy" and state["log_lines"] == len(logged)
 
+    # A checkpoint from before best_<metric>/ existed (no "selections"): resumed by a recipe that selects best/ alone,
+    # refused in one line by one that also keeps best_loss/.
+    legacy = {k: v for k, v in state.items() if k != "selections"}
+    (killed / "last" / "trainer_state.json").write_text(json.dumps(legacy))
+    old_style = run_sft(tiny_setup, killed, script="sft_xl.sh", **settings)
+    assert_ok(old_style)
+    assert "is already at step 40 of 40; nothing to train" in old_style.stdout + old_style.stderr
+    refused = run_sft(tiny_setup, killed, **settings)
+    assert refused.returncode != 0
+    assert "saved with the extra selections none, now best_loss" in refused.stdout + refused.stderr
+
 
 def test_resumed_log_drops_what_followed_the_checkpoint(tmp_path):
     """metrics.jsonl keeps the lines the checkpoint counted (a rollout collection logged after it at its own step

@@ -93,6 +93,10 @@ def load_training_state(engine, folder: Path, selections: dict[str, str]) -> dic
     if trainer_state["world_size"] != world_size:
         raise ValueError(f"--resume {folder}: saved with {trainer_state['world_size']} processes, now {world_size}; "
                          "resume with the same NUM_GPUS x NUM_NODES")
+    # checkpoints written before best_<metric>/ existed record best/'s selection alone
+    trainer_state.setdefault("selections", {"best": {"select_by": trainer_state["select_by"],
+                                                     "metric": trainer_state["best_metric"],
+                                                     "step": trainer_state["best_step"]}})
     saved = {name: selection["select_by"] for name, selection in trainer_state["selections"].items()}
     if saved["best"] != selections["best"]:
         raise ValueError(f"--resume {folder}: best/ was selected by {saved['best']}, now --select-by "

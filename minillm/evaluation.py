@@ -75,6 +75,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from .data.seq2seq import Seq2SeqExamples
 from .data.templates import LABEL_NAMES
+from .divergences import kl_from_log_probs
 from .models.adapter import IGNORE_INDEX, Seq2SeqAdapter, collate, pad_right
 from .rollouts import ban
 
@@ -150,26 +151,11 @@ def label_shares(predicted: list) -> dict[str, float]:
             for label, name in enumerate(LABEL_NAMES)}
 
 
-def _log_sum_exp(values) -> float:
-    top = max(values)
-    return top + math.log(sum(math.exp(v - top) for v in values))
-
-
-def option_log_probs(scores) -> list[float]:
-    """``log q(o_k | x) = s_k - log sum_j exp(s_j)``: the option log-likelihoods normalised over the answer set."""
-    log_total = _log_sum_exp(scores)
-    return [s - log_total for s in scores]
-
-
-def kl_divergence(log_a, log_b) -> float:
-    """``KL(a || b) = sum_k a_k (log a_k - log b_k)`` from the log-probabilities of two distributions."""
-    return sum(math.exp(la) * (la - lb) for la, lb in zip(log_a, log_b))
-
-
-def off_option_mass(scores) -> float:
-    """``1 - sum_k exp(s_k)``: the probability of a complete output that is none of the options, clamped at 0 (the
-    fp32 scores of a model that puts all its mass on the options can sum past 1 by a rounding error)."""
-    return max(0.0, -math.expm1(_log_sum_exp(scores)))  # expm1: exact also when the mass off the options is tiny
+def off_option_mass(scores: torch.Tensor) -> torch.Tensor:
+    """``1 - sum_k exp(s_k)`` per row of option scores ``[n, 3]``: the probability of a complete output that is none
+    of the options, clamped at 0 (the fp32 scores of a model that puts all its mass on the options can sum past 1 by
+    a rounding error); expm1 keeps it exact also when the mass off the options is tiny."""
+    return (-torch.expm1(scores.logsumexp(-1))).clamp(min=0.0)
 
 
 def calibration_bin(confidence: float, bins: int = ECE_BINS) -> int:
@@ -188,20 +174,22 @@ def expected_calibration_error(confidences, correct, bins: int = ECE_BINS) -> fl
 
 def option_figures(predictions: list[dict]) -> dict:
     """``gold_option_nll``, ``ece``, ``off_option_mass`` and, when every prediction carries teacher option scores,
-    ``option_rev_kl`` and ``option_fwd_kl`` (else None) of a non-empty list (module docstring)."""
-    n = len(predictions)
-    student = [option_log_probs(p["option_scores"]) for p in predictions]
+    ``option_rev_kl`` and ``option_fwd_kl`` (else None) of a non-empty list (module docstring). In float64: the
+    option scores normalised over the answer set are ``log q(o_k | x) = s_k - log sum_j exp(s_j)``."""
+    scores = torch.tensor([p["option_scores"] for p in predictions], dtype=torch.float64)
+    student = scores.log_softmax(-1)
+    gold = torch.tensor([p["gold_label"] for p in predictions])
     figures = {
-        "gold_option_nll": -sum(log_q[p["gold_label"]] for log_q, p in zip(student, predictions)) / n,
-        "ece": expected_calibration_error([math.exp(max(log_q)) for log_q in student],
+        "gold_option_nll": float(-student.gather(-1, gold[:, None]).mean()),
+        "ece": expected_calibration_error(student.max(-1).values.exp().tolist(),
                                           [p["rank_label"] == p["gold_label"] for p in predictions]),
-        "off_option_mass": 100.0 * sum(off_option_mass(p["option_scores"]) for p in predictions) / n,
+        "off_option_mass": 100.0 * float(off_option_mass(scores).mean()),
         "option_rev_kl": None, "option_fwd_kl": None,
     }
     if all(p["teacher_option_scores"] is not None for p in predictions):
-        teacher = [option_log_probs(p["teacher_option_scores"]) for p in predictions]
-        figures.update(option_rev_kl=sum(map(kl_divergence, student, teacher)) / n,
-                       option_fwd_kl=sum(map(kl_divergence, teacher, student)) / n)
+        teacher = torch.tensor([p["teacher_option_scores"] for p in predictions], dtype=torch.float64).log_softmax(-1)
+        figures.update(option_rev_kl=float(kl_from_log_probs(student, teacher).mean()),
+                       option_fwd_kl=float(kl_from_log_probs(teacher, student).mean()))
     return figures
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from .engine.config import parse_config
+from .engine.distributed import barrier
 
 
 def main(argv=None) -> int:
@@ -19,19 +20,20 @@ def main(argv=None) -> int:
         from .engine.trainer import train
 
         train(config)
+        # Every rank has finished its last collective before any rank tears its connections down: a rank that
+        # destroyed its group while a peer was still leaving the final checkpoint barrier was seen to abort the
+        # peer at exit ("terminate called without an active exception", two-process ZeRO-3 under load).
+        barrier()
     except (ValueError, FileNotFoundError) as e:
         print(f"finetune: error: {e}", file=sys.stderr)
         return 2
     finally:
-        # Shut the process group down before the interpreter exits: left to the exit-time destructors, its
-        # communication threads were seen to abort a finished two-process ZeRO-3 run ("terminate called without
-        # an active exception") while another process loaded the machine.
+        # Shut the process group down before the interpreter exits, not in the exit-time destructors.
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

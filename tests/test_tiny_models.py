@@ -1,4 +1,5 @@
-"""Randomly initialised Flan-T5-shaped checkpoints and trained tokenizers (minillm/models/tiny.py and its CLI)."""
+"""Randomly initialised Flan-T5, GPT-2, OPT and LLaMA checkpoints and trained tokenizers (minillm/models/tiny.py and
+its CLI)."""
 
 import json
 import os
@@ -11,15 +12,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from minillm.models.tiny import (
+    CAUSAL_FAMILIES,
+    CAUSAL_PRESETS,
     PRESETS,
+    build_causal_model,
     build_model,
     count_parameters,
     model_vocab_size,
     read_corpus,
     save_checkpoint,
+    train_causal_tokenizer,
     train_tokenizer,
 )
 
@@ -317,3 +322,140 @@ def test_cli_reports_bad_input_on_one_line(tmp_path):
 def test_tokenizer_training_errors_are_one_line_value_errors(tmp_path):
     with pytest.raises(ValueError, match="a 5-piece tokenizer cannot be trained on this corpus: .*smaller than"):
         train_tokenizer(["The quick brown fox jumps over the lazy dog."] * 20, tmp_path / "tok", vocab_size=5)
+
+
+# --- decoder-only families (GPT-2, OPT, LLaMA) ------------------------------------------------------------------
+
+CAUSAL_VOCAB = 800
+# (pad, EOS, BOS, unk) ids of the real tokenizers; LLaMA has no pad token.
+CAUSAL_SPECIAL_IDS = {"gpt2": (0, 0, 0, 0), "opt": (1, 2, 2, 3), "llama": (None, 2, 1, 0)}
+# Whether the tokenizer puts BOS in front of every text (OPT and LLaMA do, GPT-2 does not).
+PREPENDS_BOS = {"gpt2": False, "opt": True, "llama": True}
+
+
+@pytest.fixture(scope="module")
+def anli_corpus(shared_anli) -> list[str]:
+    return read_corpus([shared_anli / "plain_text" / "dev_r1-00000-of-00001.parquet"])
+
+
+@pytest.fixture(scope="module")
+def causal_tokenizer_dirs(tmp_path_factory, anli_corpus) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("causal_tokenizers")
+    for family in CAUSAL_FAMILIES:
+        train_causal_tokenizer(family, anli_corpus, root / family, vocab_size=CAUSAL_VOCAB)
+    return {family: root / family for family in CAUSAL_FAMILIES}
+
+
+@pytest.mark.parametrize("family", CAUSAL_FAMILIES)
+def test_causal_tokenizer_has_the_real_special_ids(family, causal_tokenizer_dirs):
+    tokenizer = AutoTokenizer.from_pretrained(causal_tokenizer_dirs[family])
+    assert type(tokenizer).__name__ == ("LlamaTokenizer" if family == "llama" else "GPT2Tokenizer")
+    assert len(tokenizer) == CAUSAL_VOCAB
+    ids = (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id)
+    assert ids == CAUSAL_SPECIAL_IDS[family]
+    if family == "gpt2":
+        assert tokenizer.eos_token == tokenizer.pad_token == "<|endoftext|>"
+    elif family == "opt":
+        assert tokenizer.convert_ids_to_tokens([0, 1, 2, 3]) == ["<s>", "<pad>", "</s>", "<unk>"]
+    else:
+        assert tokenizer.convert_ids_to_tokens([0, 1, 2]) == ["<unk>", "<s>", "</s>"]
+        assert tokenizer.convert_ids_to_tokens([3, 258]) == ["<0x00>", "<0xFF>"]
+    assert model_vocab_size(tokenizer) == 896
+
+
+@pytest.mark.parametrize("family", CAUSAL_FAMILIES)
+def test_causal_tokenizer_round_trips_text(family, causal_tokenizer_dirs, anli_corpus):
+    tokenizer = AutoTokenizer.from_pretrained(causal_tokenizer_dirs[family])
+    bos, unk = tokenizer.bos_token_id, tokenizer.unk_token_id
+    # byte-level (GPT-2, OPT) and byte-fallback (LLaMA) vocabularies cover characters the corpus never had. Leading
+    # spaces are stripped: transformers' LlamaTokenizer decodes " x" as "x" (its own quirk, any vocabulary).
+    texts = [*(text.lstrip() for text in anli_corpus[:200]), "Hello world", "Ünïcödé: 日本語, emoji 🙂 and\ttabs"]
+    for text in texts:
+        ids = tokenizer(text).input_ids
+        assert (ids[0] == bos) == PREPENDS_BOS[family]
+        assert unk not in ids[int(PREPENDS_BOS[family]):]
+        assert tokenizer.eos_token_id not in ids[int(PREPENDS_BOS[family]):]  # EOS is the data pipeline's job
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    # a trained vocabulary merges frequent words: far fewer tokens than characters in a premise
+    premise = max(anli_corpus[:10], key=len)
+    assert len(tokenizer(premise).input_ids) < len(premise) / 1.8  # about 2 characters a token at 800 tokens
+
+
+def test_causal_tokenizer_training_is_deterministic(tmp_path, anli_corpus, causal_tokenizer_dirs):
+    for family in CAUSAL_FAMILIES:
+        train_causal_tokenizer(family, anli_corpus, tmp_path / family, vocab_size=CAUSAL_VOCAB)
+        again = (tmp_path / family / "tokenizer.json").read_bytes()
+        assert again == (causal_tokenizer_dirs[family] / "tokenizer.json").read_bytes()
+
+
+def test_causal_tokenizer_training_rejects_bad_settings(tmp_path):
+    with pytest.raises(ValueError, match=r"corpus too small for a 5000-token vocabulary: it allows at most \d+"):
+        train_causal_tokenizer("opt", ["Hello world", "A tiny corpus."], tmp_path / "tok", vocab_size=5000)
+    with pytest.raises(ValueError, match="a 200-token llama vocabulary is too small: .* take 259"):
+        train_causal_tokenizer("llama", ["Hello world"], tmp_path / "tok", vocab_size=200)
+    with pytest.raises(ValueError, match="empty corpus"):
+        train_causal_tokenizer("gpt2", ["", " \n"], tmp_path / "tok", vocab_size=300)
+    with pytest.raises(ValueError, match="unknown decoder-only family 'gpt3'; known families: gpt2, opt, llama"):
+        train_causal_tokenizer("gpt3", ["Hello world"], tmp_path / "tok", vocab_size=300)
+
+
+@pytest.mark.parametrize("family", CAUSAL_FAMILIES)
+def test_causal_model_saves_and_loads_from_disk(family, tmp_path, causal_tokenizer_dirs):
+    tokenizer = AutoTokenizer.from_pretrained(causal_tokenizer_dirs[family])
+    vocab_size = model_vocab_size(tokenizer)
+    student = build_causal_model(family, "tiny-student", vocab_size, seed=3)
+    teacher = build_causal_model(family, "tiny-teacher", vocab_size, seed=3)
+    assert count_parameters(student) < count_parameters(teacher) < 600_000
+    assert not student.training
+    out_dir = save_checkpoint(student, tokenizer, tmp_path / "student")
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out_dir)
+    assert type(reloaded) is type(student)
+    config = reloaded.config
+    pad, eos, bos, unk = CAUSAL_SPECIAL_IDS[family]
+    # LLaMA's config pads with <unk>, a pad distinct from EOS; the others name the tokenizer's pad
+    assert (config.pad_token_id, config.eos_token_id, config.bos_token_id) == (unk if pad is None else pad, eos, bos)
+    assert config.vocab_size == vocab_size
+    layers, width = CAUSAL_PRESETS["tiny-student"][:2]
+    assert (config.num_hidden_layers, config.hidden_size) == (layers, width)
+    original_state, reloaded_state = student.state_dict(), reloaded.state_dict()
+    assert original_state.keys() == reloaded_state.keys()
+    assert all(torch.equal(original_state[name], reloaded_state[name]) for name in original_state)
+
+    ids = AutoTokenizer.from_pretrained(out_dir)(["Hello world"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = reloaded(input_ids=ids).logits
+    assert logits.shape == (1, ids.shape[1], vocab_size)
+    assert torch.equal(logits, student(input_ids=ids).logits)
+    assert torch.equal(build_causal_model(family, "tiny-student", vocab_size, seed=3).lm_head.weight,
+                       student.lm_head.weight)
+    assert not torch.equal(build_causal_model(family, "tiny-student", vocab_size, seed=4).lm_head.weight,
+                           student.lm_head.weight)
+
+
+def test_causal_presets_reject_unknown_names():
+    with pytest.raises(ValueError, match="unknown preset 'flan-t5-small' for gpt2; known presets: tiny-student, "
+                                         "tiny-teacher"):
+        build_causal_model("gpt2", "flan-t5-small", 896)
+    with pytest.raises(ValueError, match="unknown decoder-only family 't5'"):
+        build_causal_model("t5", "tiny-student", 896)
+
+
+def test_cli_builds_a_causal_family(tmp_path, shared_anli):
+    corpus = shared_anli / "plain_text" / "dev_r1-00000-of-00001.parquet"
+    result = run_cli("--out", "models", "--family", "opt", "--presets", "tiny-student", "--train-tokenizer-on",
+                     str(corpus), "--vocab-size", str(CAUSAL_VOCAB), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if "\t" in line]
+    assert [line.split("\t")[:3] for line in lines] == [
+        ["tiny-student", f"params={count_parameters(build_causal_model('opt', 'tiny-student', 896))}", "vocab=896"]]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "models" / "tiny-student")
+    assert torch.equal(model.lm_head.weight, build_causal_model("opt", "tiny-student", 896, seed=0).lm_head.weight)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "models" / "tiny-student")
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id) == (1, 2)
+
+    result = run_cli("--out", "models", "--family", "llama", "--presets", "tiny-teacher", "tiny-studnet",
+                     "--train-tokenizer-on", str(corpus), cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "make_tiny_models: unknown preset 'tiny-studnet' for llama; known presets: tiny-student, tiny-teacher"]

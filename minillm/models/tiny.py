@@ -1,9 +1,16 @@
-"""Randomly initialised Flan-T5-shaped checkpoints and tokenizers, built offline.
+"""Randomly initialised checkpoints and tokenizers, built offline: Flan-T5 and MiniLLM's decoder-only families.
 
 Tests and smoke runs need a teacher/student pair without the Hugging Face hub. This module builds T5 models of fixed
 shapes (:data:`PRESETS`), trains a small SentencePiece tokenizer on local text when the real Flan-T5 one is not wanted,
 and saves both as ordinary Hugging Face folders that ``AutoModelForSeq2SeqLM.from_pretrained`` and
 ``AutoTokenizer.from_pretrained`` load offline.
+
+The decoder-only families MiniLLM distils (GPT-2, OPT, LLaMA) get the same: :func:`build_causal_model` builds a
+model of a :data:`CAUSAL_PRESETS` shape and :func:`train_causal_tokenizer` trains a BPE vocabulary run by the family's
+own tokenizer class, with the real tokenizer's special tokens (:data:`CAUSAL_SPECIAL_TOKENS`): GPT-2 pads with its
+EOS ``<|endoftext|>``; OPT has ``<pad>`` (1) apart from ``</s>`` (2, also BOS) and prepends BOS; LLaMA has ``<unk>``
+(0), ``<s>`` (1), ``</s>`` (2), no pad token, and prepends BOS. Both load with ``AutoModelForCausalLM`` /
+``AutoTokenizer.from_pretrained``.
 
 Notes on transformers 5, which these helpers work around:
 
@@ -31,7 +38,23 @@ from pathlib import Path
 import sentencepiece
 import torch
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration, T5Tokenizer
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import (
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPT2Tokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaTokenizer,
+    OPTConfig,
+    OPTForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    T5Config,
+    T5ForConditionalGeneration,
+    T5Tokenizer,
+)
 
 # Settings every Flan-T5 checkpoint shares: gated-GELU feed-forward, untied output layer (which also means no decoder
 # output rescaling), decoding starts from <pad>, and T5's special ids.
@@ -221,6 +244,123 @@ def _save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
         shutil.copyfile(source, Path(out_dir) / SPIECE_FILE)
 
 
+# --- decoder-only families (MiniLLM's GPT-2, OPT and LLaMA) -----------------------------------------------------
+
+CAUSAL_FAMILIES = ("gpt2", "opt", "llama")
+
+# (layers, width, attention heads, feed-forward width): the student is the narrower and shallower model.
+CAUSAL_PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "tiny-student": (2, 64, 4, 256),
+    "tiny-teacher": (3, 96, 4, 384),
+}
+# Longest prompt + response MiniLLM trains on.
+CAUSAL_MAX_POSITIONS = 512
+
+# The special tokens of each family's real tokenizer, in vocabulary order from id 0, and which of them the model's
+# config names. GPT-2's single special token is BOS, EOS, unk and (as MiniLLM sets it) pad; OPT reuses </s> as BOS
+# and has a separate <pad>; LLaMA has no pad token: its config pads with <unk> (0), a pad distinct from EOS.
+CAUSAL_SPECIAL_TOKENS: dict[str, dict] = {
+    "gpt2": {"vocabulary": ["<|endoftext|>"],
+             "tokenizer": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+                           "pad_token": "<|endoftext|>", "add_bos_token": False},
+             "config": {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}},
+    "opt": {"vocabulary": ["<s>", "<pad>", "</s>", "<unk>"],
+            "tokenizer": {"bos_token": "</s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+                          "add_bos_token": True},
+            "config": {"bos_token_id": 2, "eos_token_id": 2, "pad_token_id": 1}},
+    "llama": {"vocabulary": ["<unk>", "<s>", "</s>"],
+              "tokenizer": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True},
+              "config": {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}},
+}
+# LLaMA's SentencePiece vocabulary falls back to these 256 byte pieces for characters it has no piece for.
+_LLAMA_BYTE_PIECES = [f"<0x{byte:02X}>" for byte in range(256)]
+
+
+def check_causal_family(family: str) -> None:
+    """ValueError for a family other than gpt2, opt and llama."""
+    if family not in CAUSAL_FAMILIES:
+        raise ValueError(f"unknown decoder-only family {family!r}; known families: {', '.join(CAUSAL_FAMILIES)}")
+
+
+def causal_preset_config(family: str, preset: str):
+    """The family's config (GPT2Config / OPTConfig / LlamaConfig, vocabulary size unset) of a preset shape, with the
+    family's special ids and no dropout; ValueError for an unknown family or preset."""
+    check_causal_family(family)
+    if preset not in CAUSAL_PRESETS:
+        raise ValueError(f"unknown preset {preset!r} for {family}; known presets: {', '.join(CAUSAL_PRESETS)}")
+    layers, width, heads, ffn = CAUSAL_PRESETS[preset]
+    special_ids = CAUSAL_SPECIAL_TOKENS[family]["config"]
+    if family == "gpt2":
+        return GPT2Config(n_layer=layers, n_embd=width, n_head=heads, n_inner=ffn, n_positions=CAUSAL_MAX_POSITIONS,
+                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **special_ids)
+    if family == "opt":
+        return OPTConfig(num_hidden_layers=layers, hidden_size=width, word_embed_proj_dim=width,
+                         num_attention_heads=heads, ffn_dim=ffn, max_position_embeddings=CAUSAL_MAX_POSITIONS,
+                         dropout=0.0, attention_dropout=0.0, **special_ids)
+    # LLaMA: gated SiLU feed-forward of about 8/3 of the width (two thirds of the other families' 4x), untied head.
+    return LlamaConfig(num_hidden_layers=layers, hidden_size=width, num_attention_heads=heads,
+                       num_key_value_heads=heads, intermediate_size=ffn * 2 // 3,
+                       max_position_embeddings=CAUSAL_MAX_POSITIONS, attention_dropout=0.0,
+                       tie_word_embeddings=False, **special_ids)
+
+
+def build_causal_model(family: str, preset: str, vocab_size: int, seed: int = 0) -> PreTrainedModel:
+    """A randomly initialised GPT-2 / OPT / LLaMA of the preset's shape (:data:`CAUSAL_PRESETS`), in eval mode.
+
+    The same seed gives bit-identical weights; the caller's global torch RNG state is left as it was.
+    """
+    config = causal_preset_config(family, preset)
+    config.vocab_size = vocab_size
+    model_class = {"gpt2": GPT2LMHeadModel, "opt": OPTForCausalLM, "llama": LlamaForCausalLM}[family]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config)
+    return model.eval()
+
+
+def train_causal_tokenizer(
+    family: str, texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 1000
+) -> PreTrainedTokenizerBase:
+    """Train a BPE vocabulary of exactly `vocab_size` tokens (special and byte tokens included) for a decoder-only
+    family, save it in `out_dir` as that family's tokenizer, and return it reloaded with AutoTokenizer.
+
+    GPT-2 and OPT: byte-level BPE (every byte has a token, so any text round-trips), run by ``GPT2Tokenizer``.
+    LLaMA: SentencePiece-style BPE over "▁"-marked words with byte fallback (``<0x00>``-``<0xFF>``), run by
+    ``LlamaTokenizer``. The merges are learnt within words (pre-tokenized as the family's tokenizer splits text),
+    the special tokens come first with the ids of :data:`CAUSAL_SPECIAL_TOKENS`. Each line of each text is one
+    training sentence; training is deterministic. A corpus too small for `vocab_size` tokens is a ValueError.
+    """
+    check_causal_family(family)
+    sentences = [line for text in texts for line in text.splitlines() if line.strip()]
+    if not sentences:
+        raise ValueError("cannot train a tokenizer on an empty corpus")
+    special = CAUSAL_SPECIAL_TOKENS[family]
+    trainer_tokenizer = Tokenizer(models.BPE())
+    if family == "llama":
+        trainer_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        leading_tokens, alphabet = special["vocabulary"] + _LLAMA_BYTE_PIECES, []
+    else:
+        trainer_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        leading_tokens, alphabet = special["vocabulary"], pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size <= len(leading_tokens) + len(alphabet):
+        raise ValueError(f"a {vocab_size}-token {family} vocabulary is too small: its special and byte tokens alone "
+                         f"take {len(leading_tokens) + len(alphabet)}")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=leading_tokens, initial_alphabet=alphabet,
+                                  show_progress=False)
+    trainer_tokenizer.train_from_iterator(sentences, trainer)
+    trained = json.loads(trainer_tokenizer.to_str())["model"]
+    if len(trained["vocab"]) < vocab_size:
+        raise ValueError(f"corpus too small for a {vocab_size}-token vocabulary: it allows at most "
+                         f"{len(trained['vocab'])} tokens; lower the vocabulary size or add text")
+    vocab, merges = trained["vocab"], [tuple(merge) for merge in trained["merges"]]
+    tokenizer_class = LlamaTokenizer if family == "llama" else GPT2Tokenizer
+    tokenizer = tokenizer_class(vocab=vocab, merges=merges, model_max_length=CAUSAL_MAX_POSITIONS,
+                                **special["tokenizer"])
+    out_dir = Path(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return AutoTokenizer.from_pretrained(out_dir)
+
+
 def read_corpus(paths: Iterable[str | os.PathLike]) -> list[str]:
     """Texts from .txt (one per non-blank line), .jsonl (every string value of every object) and .parquet (every
     string column, row by row) files; ValueError naming the file for a missing file or another extension."""
@@ -273,9 +413,7 @@ def _parquet_strings(path: Path) -> list[str]:
     ]
 
 
-def save_checkpoint(
-    model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike
-) -> Path:
+def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike) -> Path:
     """Save model (safetensors) and tokenizer into `out_dir`, replacing any existing folder.
 
     Everything is written to a hidden sibling folder first and renamed into place, so `out_dir` is either absent, the

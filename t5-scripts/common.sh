@@ -1,15 +1,39 @@
-# Sourced by every script under t5-scripts/ and scripts/: one place for the Python environment.
-# BASE must be set to the repository path before sourcing.
+# Sourced by every script under t5-scripts/ and scripts/: the Python environment, -h, DRY_RUN and the launchers.
+# REPO is the checkout this file belongs to (code, configs/, .venv); BASE, set by the calling script (usually from
+# its first argument), is the folder holding processed_data/, results/ and checkpoints/: the checkout itself as a
+# rule, another folder (a larger disk, a test's scratch folder) when the caller passes one.
+# DRY_RUN=1: the first command a script would run (python or a launcher with its module and every flag) is printed
+# as one shell-quoted line on stdout instead, and the script ends with status 0, having run and created nothing.
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # Use the repository's .venv unless the caller runs inside an environment of its own (USE_ACTIVE_ENV=1).
-if [[ "${USE_ACTIVE_ENV:-0}" != "1" && -z "${VIRTUAL_ENV:-}" && -x "$BASE/.venv/bin/python" ]]; then
-  source "$BASE/.venv/bin/activate"
+if [[ "${USE_ACTIVE_ENV:-0}" != "1" && -z "${VIRTUAL_ENV:-}" && -x "$REPO/.venv/bin/python" ]]; then
+  source "$REPO/.venv/bin/activate"
 fi
-export PYTHONPATH="$BASE${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-true}"
 
+# exit_with_usage_if_asked "$@": with -h or --help as the first argument, print the calling script's header (the
+# comment block under its shebang) and exit 0. Scripts call it first, before they check or touch anything.
+exit_with_usage_if_asked() {
+  [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]] || return 0
+  sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[1]}"
+  exit 0
+}
+
+# run_or_print COMMAND...: run COMMAND, or with DRY_RUN=1 print it (one line, shell-quoted) and end the script.
+run_or_print() {
+  if [[ "${DRY_RUN:-0}" == "1" ]]; then
+    local quoted
+    printf -v quoted '%q ' "$@"
+    echo "${quoted% }"
+    exit 0
+  fi
+  "$@"
+}
+
 run_python() {
-  python "$@"
+  run_or_print python "$@"
 }
 
 # default_precision: bf16 where the GPU has it, else fp32 (V100, CPU). T5 in fp16 is refused by the trainer.
@@ -39,23 +63,23 @@ launch_module() {
     exit 2
   fi
   if [[ -n "${HOSTFILE:-}" && ! -f "$HOSTFILE" ]]; then
-    echo "launch_module: HOSTFILE=$HOSTFILE not found (examples in $BASE/configs/hostfiles/)" >&2
+    echo "launch_module: HOSTFILE=$HOSTFILE not found (examples in $REPO/configs/hostfiles/)" >&2
     exit 2
   fi
   local port="${MASTER_PORT:-$(free_port)}"
   read -ra launcher_extra <<< "${LAUNCHER_ARGS:-}"
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / num_gpus > 0 ? $(nproc) / num_gpus : 1 ))}"
   if [[ -n "${HOSTFILE:-}" ]]; then
-    deepspeed --master_port "$port" --no_local_rank --num_gpus "$num_gpus" --hostfile "$HOSTFILE" \
+    run_or_print deepspeed --master_port "$port" --no_local_rank --num_gpus "$num_gpus" --hostfile "$HOSTFILE" \
       --num_nodes "$num_nodes" "${launcher_extra[@]}" --module "$module" "$@"
   elif [[ "$num_nodes" != 1 ]]; then
-    echo "launch_module: NUM_NODES=$num_nodes needs HOSTFILE (examples in $BASE/configs/hostfiles/)" >&2
+    echo "launch_module: NUM_NODES=$num_nodes needs HOSTFILE (examples in $REPO/configs/hostfiles/)" >&2
     exit 2
   elif [[ "$num_gpus" == 1 && ${#launcher_extra[@]} == 0 ]]; then
-    python -m "$module" "$@"  # picks a free port itself unless MASTER_PORT is set
+    run_or_print python -m "$module" "$@"  # picks a free port itself unless MASTER_PORT is set
   else
-    torchrun --nproc-per-node "$num_gpus" --master-addr 127.0.0.1 --master-port "$port" "${launcher_extra[@]}" \
-      --module "$module" "$@"
+    run_or_print torchrun --nproc-per-node "$num_gpus" --master-addr 127.0.0.1 --master-port "$port" \
+      "${launcher_extra[@]}" --module "$module" "$@"
   fi
 }
 
@@ -66,23 +90,31 @@ launch_module() {
 #   DATA_DIR [BASE/processed_data/anli/flan-label]   DS_CONFIG [configs/deepspeed/zero${ZERO_STAGE}_${PRECISION}.json]
 #   ZERO_STAGE 0, 1, 2, 3, 2_offload, 3_offload   PRECISION [bf16 if the GPU has it, else fp32]
 #   MAX_STEPS [0]  EVAL_INTERVAL [0]  SAVE_INTERVAL [0]
+#   MODEL_PARALLEL_SIZE [empty] MiniLLM's tensor-parallel degree, passed as --model-parallel --model-parallel-size;
+#     the engine shards with ZeRO-3 instead and refuses a DS_CONFIG below stage 3 (minillm/engine/config.py)
 launch_training() {
   if [[ -z "${DS_CONFIG:-}" ]]; then
     PRECISION="${PRECISION:-$(default_precision)}"
-    DS_CONFIG="$BASE/configs/deepspeed/zero${ZERO_STAGE:-0}_${PRECISION}.json"
+    DS_CONFIG="$REPO/configs/deepspeed/zero${ZERO_STAGE:-0}_${PRECISION}.json"
   fi
   if [[ ! -f "$DS_CONFIG" ]]; then
-    echo "launch_training: DS_CONFIG=$DS_CONFIG not found; pick a file in $BASE/configs/deepspeed/" >&2
+    echo "launch_training: DS_CONFIG=$DS_CONFIG not found; pick a file in $REPO/configs/deepspeed/" >&2
     exit 2
   fi
   read -ra extra <<< "${EXTRA_ARGS:-}"
-  mkdir -p "$SAVE_DIR"
-  echo "launch_training: ${NUM_NODES:-1} node(s) x ${NUM_GPUS:-1} process(es), $(basename "$DS_CONFIG"), -> $SAVE_DIR"
+  local model_parallel=()
+  if [[ -n "${MODEL_PARALLEL_SIZE:-}" ]]; then
+    model_parallel=(--model-parallel --model-parallel-size "$MODEL_PARALLEL_SIZE")
+  fi
+  if [[ "${DRY_RUN:-0}" != "1" ]]; then  # a dry run prints the command alone and creates nothing
+    mkdir -p "$SAVE_DIR"
+    echo "launch_training: ${NUM_NODES:-1} node(s) x ${NUM_GPUS:-1} process(es), $(basename "$DS_CONFIG"), -> $SAVE_DIR"
+  fi
   launch_module minillm.finetune \
     --model-path "$CKPT" --data-dir "${DATA_DIR:-$BASE/processed_data/anli/flan-label}" --save-dir "$SAVE_DIR" \
     --deepspeed-config "$DS_CONFIG" --batch-size "$BATCH_SIZE" --grad-acc "$GRAD_ACC" --lr "$LR" \
     --epochs "$EPOCHS" --max-steps "${MAX_STEPS:-0}" --eval-interval "${EVAL_INTERVAL:-0}" \
-    --save-interval "${SAVE_INTERVAL:-0}" "$@" "${extra[@]}"
+    --save-interval "${SAVE_INTERVAL:-0}" "${model_parallel[@]}" "$@" "${extra[@]}"
 }
 
 # launch_minillm [FLAGS...]: launch_training with --type minillm and the MiniLLM recipe variables the calling script
@@ -100,4 +132,57 @@ launch_minillm() {
     --teacher-topk "${TEACHER_TOPK:-0}" \
     --scheduler constant --warmup-steps "${WARMUP_STEPS:-100}" --adam-betas 0.9 0.95 --weight-decay 1e-6 \
     --select-by "$SELECT_BY" "$@"
+}
+
+# ---- Decoder-only families on Dolly (scripts/gpt2, scripts/opt, scripts/llama), MiniLLM's setting -----------------
+# The calling script sets FAMILY (gpt2, opt, llama): the processed Dolly data is BASE/processed_data/dolly/FAMILY (one
+# round, dolly; splits train, dev, test), the LM corpus BASE/processed_data/pretrain/FAMILY, and results go to
+# BASE/results/FAMILY/METHOD/SIZE. MiniLLM's lengths: prompts of at most 256 tokens, sequences of at most 512, so
+# targets, rollouts and generated answers get 256.
+# MiniLLM splits its large models 4 ways (MP_SIZE=4), so its data-parallel width is GPUs / 4; ZeRO-3 runs every GPU
+# as a data-parallel process, so recipes ported from a model-parallel one divide MiniLLM's per-process BATCH_SIZE and
+# CHUNK_SIZE by 4: the same global batch and rollouts per sampling call.
+
+# launch_dolly_training LAUNCHER [FLAGS...]: LAUNCHER (launch_training or launch_minillm) with Dolly's data, rounds
+# and lengths, MiniLLM's seed and cosine floor, and FLAGS. Environment: DATA_DIR [BASE/processed_data/dolly/FAMILY],
+# EVAL_BATCH_SIZE [8], SEED [10], besides the launcher's.
+launch_dolly_training() {
+  local launcher="$1"; shift
+  DATA_DIR="${DATA_DIR:-$BASE/processed_data/dolly/$FAMILY}"
+  "$launcher" --train-round dolly --eval-rounds dolly --max-prompt-length 256 --max-target-length 256 \
+    --eval-max-new-tokens 256 --eval-batch-size "${EVAL_BATCH_SIZE:-8}" --lr-min 1e-7 --seed "${SEED:-10}" "$@"
+}
+
+# launch_dolly_seqkd_generation: the teacher (TEACHER_CKPT) samples one answer per Dolly training prompt, as
+# MiniLLM's generate_data_seqkd.sh does (temperature 1, no top-k or top-p cut, up to 256 new tokens), into GEN_DIR.
+# Environment: DATA_DIR [BASE/processed_data/dolly/FAMILY], BATCH_SIZE [16] prompts per process and call,
+# DTYPE [auto], SEED [10], EXTRA_ARGS, besides launch_module's.
+launch_dolly_seqkd_generation() {
+  read -ra extra <<< "${EXTRA_ARGS:-}"
+  launch_module minillm.generate_seqkd --model-path "$TEACHER_CKPT" \
+    --data-dir "${DATA_DIR:-$BASE/processed_data/dolly/$FAMILY}" --out-dir "$GEN_DIR" --rounds dolly --split train \
+    --batch-size "${BATCH_SIZE:-16}" --max-new-tokens 256 --dtype "${DTYPE:-auto}" --decoding sample \
+    --temperature 1.0 --top-k 0 --top-p 1.0 --num-samples 1 --seed "${SEED:-10}" "${extra[@]}"
+}
+
+# evaluate_dolly SIZE: MiniLLM's evaluation on Dolly's test split of CKPTS (space-separated) or, by default, the
+# best/ of the four methods' SIZE students (BASE/results/FAMILY/{sft,kd,seqkd,minillm}/SIZE/best): answers sampled at
+# temperature 1 with no top-k or top-p cut, once per seed (10 20 30 40 50), Rouge-L averaged over the seeds. MiniLLM
+# also bans repeating any 6-gram (its --no-repeat-ngram-size default, which its evaluation scripts keep).
+# Environment: DATA_DIR [BASE/processed_data/dolly/FAMILY], SPLIT [test], SEEDS ["10 20 30 40 50"], BATCH_SIZE [8],
+# NO_REPEAT_NGRAM_SIZE [6], EXTRA_ARGS (more flags for python -m minillm.evaluate).
+evaluate_dolly() {
+  local size="$1" checkpoints seeds extra
+  if [[ -n "${CKPTS:-}" ]]; then
+    read -ra checkpoints <<< "$CKPTS"
+  else
+    checkpoints=("$BASE/results/$FAMILY/"{sft,kd,seqkd,minillm}"/$size/best")
+  fi
+  read -ra seeds <<< "${SEEDS:-10 20 30 40 50}"
+  read -ra extra <<< "${EXTRA_ARGS:-}"
+  run_python -m minillm.evaluate --model-path "${checkpoints[@]}" \
+    --data-dir "${DATA_DIR:-$BASE/processed_data/dolly/$FAMILY}" --split "${SPLIT:-test}" --rounds dolly \
+    --seeds "${seeds[@]}" --decoding sample --temperature 1.0 --top-k 0 --top-p 1.0 \
+    --no-repeat-ngram-size "${NO_REPEAT_NGRAM_SIZE:-6}" --max-new-tokens 256 --max-prompt-length 256 \
+    --batch-size "${BATCH_SIZE:-8}" "${extra[@]}"
 }

@@ -16,6 +16,8 @@
 # TEACHER_STEPS [2000; 3375 with TRAIN_ROUND=all], STUDENT_STEPS [500; 1500 with all] (SFT, KD, SeqKD),
 # MINILLM_STEPS [256], SKIP_TRAINING [0] (1: stop after the shards).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+exit_with_usage_if_asked "$@"
 BASE="${1:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 BASE="$(cd "$BASE" && pwd)"
 TRAIN_ROUND="${TRAIN_ROUND:-r1}"
@@ -29,7 +31,7 @@ case "$NUM_GPUS" in  # the global batches (16 pairs, 64 rollouts) are split even
   *) echo "run_default.sh: NUM_GPUS=$NUM_GPUS; use 1, 2, 4, 8 or 16 (processes that split a batch of 16)" >&2; exit 2 ;;
 esac
 bash "$BASE/install.sh"
-source "$BASE/t5-scripts/common.sh"
+source "$BASE/t5-scripts/common.sh"  # again: activates the .venv install.sh may just have made
 export HF_HUB_OFFLINE=1
 
 WORK="${WORK:-$BASE/runs/default}"

@@ -10,6 +10,8 @@
 # override (TRAIN_ROUND, TEACHER_STEPS, ...) passes through. A run whose results exist is not repeated: delete its
 # folder to train it again.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+exit_with_usage_if_asked "$@"
 BASE="${1:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 BASE="$(cd "$BASE" && pwd)"
 read -ra SEED_LIST <<< "${SEEDS:-0 1 2}"
@@ -35,6 +37,6 @@ for seed in "${SEED_LIST[@]}"; do
   printf '\n== seed %s -> %s\n' "$seed" "$work"
   SEED="$seed" WORK="$work" bash "$BASE/t5-scripts/run_default.sh" "$BASE"
 done
-source "$BASE/t5-scripts/common.sh"
+source "$BASE/t5-scripts/common.sh"  # again: activates the .venv the first run_default.sh may have made
 printf '\n== the methods across %d seed(s)\n' "${#RUNS[@]}"
 run_python "$BASE/tools/compare_runs.py" "${RUNS[@]}" --metric "${METRIC:-accuracy_rank}"

@@ -9,15 +9,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..divergences import DIVERGENCES
 from ..objectives import OBJECTIVES
+from .deepspeed_config import zero_stage
 
 
 SELECT_METRICS = ("loss", "accuracy", "rougeL")
 SELECT_CHOICES = ("auto", *SELECT_METRICS)
+# Rounds are folders of the processed data: ANLI's r1, r2, r3 (all: the three concatenated) and Dolly's single round.
+EVAL_ROUNDS = ("r1", "r2", "r3", "dolly")
+TRAIN_ROUNDS = (*EVAL_ROUNDS, "all")
 
 
 def _flag(default, help: str, **kwargs):
@@ -84,8 +90,10 @@ class TrainConfig:
     cliprange_reward: float = _flag(100.0, "rewards are clipped to +-this after scaling (0: no clipping)")
     # data
     data_dir: str = _flag(None, "output folder of process_data_anli.sh (required)")
-    train_round: str = _flag("all", "round whose train split is used", choices=("r1", "r2", "r3", "all"))
-    eval_rounds: tuple = _flag(("r1", "r2", "r3"), "rounds evaluated (each reported, plus overall)", nargs="+")
+    train_round: str = _flag("all", "round whose train split is used: an ANLI round, all (ANLI's three) or dolly",
+                             choices=TRAIN_ROUNDS)
+    eval_rounds: tuple = _flag(("r1", "r2", "r3"), "rounds evaluated (each reported, plus overall)", nargs="+",
+                               choices=EVAL_ROUNDS)
     eval_split: str = _flag("dev", "split used for evaluation during training")
     max_prompt_length: int = _flag(512, "prompt tokens kept (the end is kept: hypothesis and options)")
     max_target_length: int = _flag(128, "target tokens kept")
@@ -121,6 +129,12 @@ class TrainConfig:
     resume: bool = _flag(False, "continue from save_dir/last/ (model, optimizer, scheduler, RNG, data position)")
     # distributed / precision
     deepspeed_config: str = _flag(None, "DeepSpeed JSON (configs/deepspeed/): ZeRO stage, precision, clipping")
+    # MiniLLM's recipes split large models with Megatron tensor parallelism; this engine has none, so the two flags
+    # are accepted for those recipes and satisfied by ZeRO-3, which shards every parameter over all processes.
+    model_parallel: bool = _flag(False, "MiniLLM's tensor-parallel switch: the model is sharded with ZeRO-3 "
+                                 "instead (--deepspeed-config must be a ZeRO stage 3 file)")
+    model_parallel_size: int = _flag(1, "MiniLLM's tensor-parallel degree, with --model-parallel: recorded; ZeRO-3 "
+                                     "shards over all processes whatever its value")
 
     def __post_init__(self):
         if self.kd_ratio is None:  # seqkd is SFT on the teacher's targets unless asked for word-level KD as well
@@ -177,8 +191,28 @@ class TrainConfig:
             problems.append(f"--kd-temperature must be > 0 (got {self.kd_temperature})")
         if self.type == "minillm":
             problems += self._minillm_problems()
+        problems += self._model_parallel_problems()
         if problems:
             raise ValueError("; ".join(problems))
+        if self.model_parallel and os.environ.get("RANK", "0") == "0":  # one line per run, not one per process
+            print(f"--model-parallel-size {self.model_parallel_size}: tensor parallelism is not used; the model is "
+                  f"sharded with ZeRO-3 instead (--deepspeed-config {self.deepspeed_config})", file=sys.stderr)
+
+    def _model_parallel_problems(self) -> list[str]:
+        if self.model_parallel_size < 1:
+            return [f"--model-parallel-size must be >= 1 (got {self.model_parallel_size})"]
+        if self.model_parallel_size > 1 and not self.model_parallel:
+            return [f"--model-parallel-size {self.model_parallel_size} needs --model-parallel (as in MiniLLM)"]
+        if not self.model_parallel or self.deepspeed_config is None or not Path(self.deepspeed_config).is_file():
+            return []
+        try:
+            stage = zero_stage(json.loads(Path(self.deepspeed_config).read_text()))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return []  # the trainer reports an unreadable file, with the reason, when it loads it
+        if stage < 3:
+            return [f"--model-parallel is served by ZeRO-3 sharding, but --deepspeed-config {self.deepspeed_config} "
+                    f"has ZeRO stage {stage}; use a configs/deepspeed/zero3_*.json (ZERO_STAGE=3 or 3_offload)"]
+        return []
 
     def _minillm_problems(self) -> list[str]:
         problems = []

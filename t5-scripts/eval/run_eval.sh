@@ -10,13 +10,13 @@
 # One process scores the checkpoints in turn; each one's results.json and predictions.jsonl go to CKPT/eval/SPLIT/,
 # and a summary line per checkpoint ends the output.
 set -euo pipefail
-BASE="${1:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
-BASE="$(cd "$BASE" && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+exit_with_usage_if_asked "$@"
+BASE="$(cd "${1:-$REPO}" && pwd)"
 if [[ -z "${CKPTS:-}" ]]; then
   echo "run_eval.sh: set CKPTS to the checkpoint folders to evaluate, space-separated (CKPTS=\"ckpt_a ckpt_b\")" >&2
   exit 2
 fi
-source "$BASE/t5-scripts/common.sh"
 
 DATA_DIR="${DATA_DIR:-$BASE/processed_data/anli/flan-label}"
 SPLIT="${SPLIT:-test}"

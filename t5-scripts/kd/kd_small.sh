@@ -5,9 +5,10 @@
 # Every recipe variable below can be overridden from the environment; see launch_training in t5-scripts/common.sh.
 # KD_LOSS: fkl rkl jsd sfkl srkl tvd akl (minillm/divergences.py); JSD_BETA and SKEW_ALPHA weight jsd / sfkl, srkl.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+exit_with_usage_if_asked "$@"
 BASE="$(cd "${1:?usage: $0 BASE [NUM_GPUS]}" && pwd)"
 NUM_GPUS="${2:-${NUM_GPUS:-8}}"
-source "$BASE/t5-scripts/common.sh"
 
 : "${CKPT:=google/flan-t5-small}" "${TEACHER_CKPT:=$BASE/results/anli/sft/xl/best}" "${BATCH_SIZE:=32}" "${GRAD_ACC:=1}"
 : "${LR:=3e-4}" "${EPOCHS:=3}" "${ZERO_STAGE:=1}" "${KD_RATIO:=0.5}" "${KD_LOSS:=fkl}" "${JSD_BETA:=0.5}" "${SKEW_ALPHA:=0.1}"

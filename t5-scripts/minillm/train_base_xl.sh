@@ -8,9 +8,10 @@
 # prompt/ shards are sampled from; required, as in MiniLLM), LM_DATA_DIR (gold pairs for the LM term; empty: no LM
 # term), NUM_ROLLOUTS, CHUNK_SIZE, PPO_EPOCHS, ALPHA (teacher-mixed), GAMMA, LM_COEF, MAX_NEW_TOKENS.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+exit_with_usage_if_asked "$@"
 BASE="$(cd "${1:?usage: $0 BASE [NUM_GPUS]}" && pwd)"
 NUM_GPUS="${2:-${NUM_GPUS:-8}}"
-source "$BASE/t5-scripts/common.sh"
 
 : "${CKPT:=$BASE/results/anli/sft/base/best_loss}" "${TEACHER_CKPT:=$BASE/results/anli/sft/xl/best}"
 : "${PROMPT_DATA_DIR:?set PROMPT_DATA_DIR to a processed folder (its prompt/ shards are sampled from)}"

@@ -5,9 +5,10 @@
 #   bash t5-scripts/seqkd/seqkd_large.sh BASE [NUM_GPUS]
 # Every recipe variable below can be overridden from the environment; see launch_training in t5-scripts/common.sh.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+exit_with_usage_if_asked "$@"
 BASE="$(cd "${1:?usage: $0 BASE [NUM_GPUS]}" && pwd)"
 NUM_GPUS="${2:-${NUM_GPUS:-8}}"
-source "$BASE/t5-scripts/common.sh"
 
 : "${CKPT:=google/flan-t5-large}" "${DATA_DIR:=$BASE/processed_data/anli/seqkd-xl}" "${BATCH_SIZE:=8}" "${GRAD_ACC:=2}"
 : "${LR:=1e-4}" "${EPOCHS:=3}" "${ZERO_STAGE:=2}" "${KD_RATIO:=0}" "${KD_LOSS:=fkl}" "${TEACHER_CKPT:=$BASE/results/anli/sft/xl/best}"

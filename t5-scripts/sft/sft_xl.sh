@@ -3,9 +3,10 @@
 #   bash t5-scripts/sft/sft_xl.sh BASE [NUM_GPUS]
 # Every recipe variable below can be overridden from the environment; see launch_training in t5-scripts/common.sh.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+exit_with_usage_if_asked "$@"
 BASE="$(cd "${1:?usage: $0 BASE [NUM_GPUS]}" && pwd)"
 NUM_GPUS="${2:-${NUM_GPUS:-8}}"
-source "$BASE/t5-scripts/common.sh"
 
 : "${CKPT:=google/flan-t5-xl}" "${BATCH_SIZE:=4}" "${GRAD_ACC:=4}" "${LR:=5e-5}" "${EPOCHS:=3}" "${ZERO_STAGE:=3}"
 : "${SELECT_BY:=auto}" "${SAVE_DIR:=$BASE/results/anli/sft/xl}"

@@ -9,9 +9,10 @@
 #   DECODING greedy | sample [greedy]; sampling: TEMPERATURE [1.0] TOP_K [0] TOP_P [1.0] NUM_SAMPLES [1]
 #   EXTRA_ARGS      more flags for python -m minillm.generate_seqkd
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+exit_with_usage_if_asked "$@"
 BASE="$(cd "${1:?usage: $0 /PATH/TO/REPO [NUM_GPUS]}" && pwd)"
 NUM_GPUS="${2:-${NUM_GPUS:-8}}"
-source "$BASE/t5-scripts/common.sh"
 
 read -ra rounds <<< "${ROUNDS:-r1 r2 r3}"
 read -ra extra <<< "${EXTRA_ARGS:-}"

@@ -12,15 +12,16 @@
 #   SHARD_SIZE         items per shard, 0 = one shard [0]
 #   OUT_DIR            [BASE/processed_data/anli/${TEMPLATE}-${TARGET}]
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+exit_with_usage_if_asked "$@"
 BASE="${1:?usage: $0 /PATH/TO/REPO}"
-source "$BASE/t5-scripts/common.sh"
 
 TEMPLATE="${TEMPLATE:-flan}"
 TARGET="${TARGET:-label}"
 OUT_DIR="${OUT_DIR:-$BASE/processed_data/anli/${TEMPLATE}-${TARGET}}"
 if [[ -n "${RAW_DIR:-}" ]]; then RAW_ARGS=(--raw-dir "$RAW_DIR"); else RAW_ARGS=(--download-dir "$BASE/data/anli"); fi
 
-run_python "$BASE/tools/process_data_anli.py" "${RAW_ARGS[@]}" \
+run_python "$REPO/tools/process_data_anli.py" "${RAW_ARGS[@]}" \
   --out-dir "$OUT_DIR" \
   --tokenizer "${TOKENIZER:-google/flan-t5-base}" \
   --template "$TEMPLATE" --target "$TARGET" \

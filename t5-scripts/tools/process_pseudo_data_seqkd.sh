@@ -7,10 +7,11 @@
 #             [BASE/processed_data/anli/flan-label]
 #   OUT_DIR   [BASE/processed_data/anli/seqkd-xl]
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+exit_with_usage_if_asked "$@"
 BASE="${1:?usage: $0 /PATH/TO/REPO}"
-source "$BASE/t5-scripts/common.sh"
 
-run_python "$BASE/tools/process_pseudo_data_seqkd.py" \
+run_python "$REPO/tools/process_pseudo_data_seqkd.py" \
   --generated-dir "${GEN_DIR:-$BASE/results/anli/seqkd_gen/xl}" \
   --gold-dir "${DATA_DIR:-$BASE/processed_data/anli/flan-label}" \
   --out-dir "${OUT_DIR:-$BASE/processed_data/anli/seqkd-xl}"

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# SFT of OPT 1.3B on Dolly (student); best/ is picked by dev Rouge-L (SELECT_BY auto). best_loss/, by dev loss,
+# initialises MiniLLM (scripts/opt/minillm/train_1.3B_13B.sh), as MiniLLM prescribes. MiniLLM's recipe (its
+# scripts/opt/sft/sft_1.3B.sh): 16 GPUs x 2 per process, lr 5e-5 cosine, 10 epochs, ZeRO-1.
+#   bash scripts/opt/sft/sft_1.3B.sh [BASE] [NUM_GPUS]
+# Every recipe variable below can be overridden from the environment; see launch_dolly_training and
+# launch_training in t5-scripts/common.sh.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../../../t5-scripts/common.sh"
+exit_with_usage_if_asked "$@"
+BASE="$(cd "${1:-$REPO}" && pwd)"
+NUM_GPUS="${2:-${NUM_GPUS:-16}}"
+FAMILY=opt
+
+: "${CKPT:=facebook/opt-1.3b}"
+: "${BATCH_SIZE:=2}" "${GRAD_ACC:=1}" "${LR:=5e-5}" "${EPOCHS:=10}" "${ZERO_STAGE:=1}"
+: "${SELECT_BY:=auto}" "${ALSO_SELECT_BY:=loss}" "${SAVE_DIR:=$BASE/results/opt/sft/1.3B}"
+launch_dolly_training launch_training --type sft --select-by "$SELECT_BY" --also-select-by "$ALSO_SELECT_BY"

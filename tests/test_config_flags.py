@@ -1,0 +1,74 @@
+"""MiniLLM's flags the engine accepts for its recipes: --model-parallel / --model-parallel-size (served by ZeRO-3)
+and the Dolly round."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from minillm.engine.config import parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def flags(tmp_path):
+    """Flags that pass validation: a hub model name, a data folder with its meta.json, a repository DeepSpeed file."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "meta.json").write_text(json.dumps({"target": "label"}))
+    return ["--model-path", "gpt2", "--data-dir", str(data), "--save-dir", str(tmp_path / "run")]
+
+
+def deepspeed_config(name: str) -> list[str]:
+    return ["--deepspeed-config", str(REPO / "configs" / "deepspeed" / name)]
+
+
+def test_model_parallel_runs_as_zero3_with_one_line(flags, capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    config = parse_config(flags + deepspeed_config("zero3_bf16.json")
+                          + ["--model-parallel", "--model-parallel-size", "4"])
+    config.validate()
+    assert (config.model_parallel, config.model_parallel_size) == (True, 4)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"--model-parallel-size 4: tensor parallelism is not used; the model is sharded with ZeRO-3 "
+                     f"instead (--deepspeed-config {REPO}/configs/deepspeed/zero3_bf16.json)"]
+
+
+def test_only_the_first_process_says_so(flags, capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    parse_config(flags + deepspeed_config("zero3_offload_fp32.json") + ["--model-parallel"]).validate()
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("name", ["zero1_bf16.json", "zero2_offload_fp32.json"])
+def test_model_parallel_below_zero3_is_refused(flags, name):
+    config = parse_config(flags + deepspeed_config(name) + ["--model-parallel", "--model-parallel-size", "4"])
+    with pytest.raises(ValueError, match=rf"--model-parallel is served by ZeRO-3 sharding, but --deepspeed-config "
+                                         rf"\S+{name} has ZeRO stage [12]; use a configs/deepspeed/zero3_\*\.json"):
+        config.validate()
+
+
+def test_model_parallel_size_needs_the_switch(flags):
+    config = parse_config(flags + deepspeed_config("zero3_bf16.json") + ["--model-parallel-size", "4"])
+    with pytest.raises(ValueError, match="--model-parallel-size 4 needs --model-parallel"):
+        config.validate()
+
+
+def test_without_model_parallel_any_stage_goes_silently(flags, capsys):
+    parse_config(flags + deepspeed_config("zero1_bf16.json")).validate()
+    assert capsys.readouterr().err == ""
+
+
+def test_dolly_is_a_round():
+    config = parse_config(["--train-round", "dolly", "--eval-rounds", "dolly"])
+    assert (config.train_round, config.eval_rounds) == ("dolly", ("dolly",))
+
+
+@pytest.mark.parametrize("argv", [["--train-round", "r4"], ["--eval-rounds", "r1", "all"]])
+def test_unknown_rounds_are_refused(argv, capsys):
+    with pytest.raises(SystemExit):
+        parse_config(argv)
+    assert "invalid choice" in capsys.readouterr().err

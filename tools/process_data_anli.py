@@ -2,7 +2,7 @@
 
     python tools/process_data_anli.py --raw-dir data/anli --out-dir processed_data/anli/flan-label \
         --tokenizer google/flan-t5-base [--template flan] [--target label] [--max-prompt-length 512] \
-        [--stage all|text|shards] [--dtype auto|uint16|int32] [--shard-size 0]
+        [--stage all|text|shards] [--dtype auto|uint16|int32] [--shard-size 0] [--model-type auto|seq2seq|causal]
 
 Usually called through t5-scripts/tools/process_data_anli.sh, which maps environment overrides onto these flags.
 Bad input ends with one line on stderr and exit status 1; see minillm/data/process.py for the output layout.
@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minillm.data.anli import DataError, detect_layout, download_anli  # noqa: E402
-from minillm.data.process import build_shards, build_text, log, staged_text_dir  # noqa: E402
+from minillm.data.process import MODEL_TYPES, build_shards, build_text, log, staged_text_dir  # noqa: E402
 from minillm.data.templates import TARGET_KINDS, TEMPLATES  # noqa: E402
 
 
@@ -33,6 +33,9 @@ def parse_args(argv=None):
     p.add_argument("--stage", default="all", choices=("all", "text", "shards"))
     p.add_argument("--dtype", default="auto", help="auto (uint16 when the vocabulary fits, else int32), uint16, int32")
     p.add_argument("--shard-size", type=int, default=0, help="items per shard; 0 = one shard per split")
+    p.add_argument("--model-type", default="auto", choices=("auto", *MODEL_TYPES),
+                   help="seq2seq: prompts end in EOS; causal: they do not, and end in the answer cue; auto: seq2seq "
+                   "when the tokenizer appends EOS to every text (T5), else causal")
     args = p.parse_args(argv)
     if args.raw_dir is None and args.download_dir is None and args.stage != "shards":
         p.error("give --raw-dir, or --download-dir to download facebook/anli")
@@ -62,7 +65,7 @@ def main(argv=None) -> None:
             log(f"text stage: {sum(counts.values())} examples from {raw_dir} in {len(counts)} round/split files")
         if args.stage in ("all", "shards"):
             build_shards(args.out_dir, args.tokenizer, args.max_prompt_length, args.dtype, args.shard_size,
-                         args.template, args.target, staged_text=args.stage == "all")
+                         args.template, args.target, staged_text=args.stage == "all", model_type=args.model_type)
     except DataError as err:
         shutil.rmtree(staged_text_dir(args.out_dir), ignore_errors=True)  # the previous output stays as it was
         sys.exit(f"process_data_anli: error: {err}")

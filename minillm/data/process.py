@@ -1,4 +1,5 @@
-"""ANLI processing: raw files -> normalised text -> memory-mapped token shards.
+"""ANLI processing: raw files -> normalised text -> memory-mapped token shards, and the shard writer that the
+Dolly (:mod:`minillm.data.dolly`) and plain-text (:mod:`minillm.data.pretrain`) processors share.
 
 Stage ``text`` reads the raw data (either layout, see :mod:`minillm.data.anli`), validates it, applies the prompt
 template and target kind, and writes ``OUT_DIR/text/{round}/{split}.jsonl`` plus ``text/meta.json``.
@@ -7,10 +8,23 @@ Stage ``shards`` tokenises every prompt and target once, in batches with the fas
 batch over all cores), and writes for each round (``r1``, ``r2``, ``r3`` and ``all``, the three concatenated by
 reusing their ids) and split:
 
-- ``full/{round}/{split}_{k}.bin/.idx``: items ``prompt ids (ending in EOS), SEP, target ids (ending in EOS)``
-  with ``SEP`` the dtype's maximum (65535 for uint16);
+- ``full/{round}/{split}_{k}.bin/.idx``: items ``prompt ids, SEP, target ids (ending in EOS)`` with ``SEP`` the
+  dtype's maximum (65535 for uint16);
 - ``prompt/{round}/{split}_{k}.bin/.idx``: prompt ids only, for on-policy sampling;
-- ``{split}.jsonl`` beside both: uid, round, prompt, target, label, options (and whether the premise was cut).
+- ``{split}.jsonl`` beside both: uid, round, prompt, target, label, options (and whether the premise was cut);
+- ``meta.json``: tokenizer, vocab_size, dtype, separator, eos/pad ids, task, model_type, rounds, template, target,
+  and per round/split the example count and longest prompt and target.
+
+How prompts and targets become ids depends on the model type (:func:`resolve_model_type`, :func:`encode_prompts`,
+:func:`encode_targets`):
+
+- ``seq2seq`` (Flan-T5): both are encoded with the tokenizer's special tokens, so both end in EOS (the encoder
+  reads the whole prompt).
+- ``causal`` (GPT-2, OPT, LLaMA): no special tokens (no BOS either, as MiniLLM encodes), the prompt does *not* end
+  in EOS (the model continues it) and the target does. The target is cut from the tokens of prompt + target
+  encoded together, so merges across the boundary are those the model sees; where the joint encoding does not
+  start with the prompt's own ids, the target is encoded alone. ANLI prompts get the template's answer cue
+  (``"\n\nAnswer:\n"``) appended, so the answer follows a line break rather than the last option.
 
 A prompt longer than ``max_prompt_length`` tokens is shortened by cutting the end of the premise; the
 hypothesis, the instruction and the options are never cut. Each stage builds its output in a temporary folder
@@ -155,11 +169,15 @@ def _check_pseudo_records(path: Path) -> int:
     return count
 
 
-# --------------------------------------------------------------------------------------------- stage: shards
+# --------------------------------------------------------------------------------- shared: tokens and shards
+
+MODEL_TYPES = ("seq2seq", "causal")
+
 
 @dataclass
 class TokenizedSplit:
-    """Token ids of one split as flat arrays plus per-example lengths (prompts and targets both end in EOS)."""
+    """Token ids of one split as flat arrays plus per-example lengths: prompts (ending in EOS for seq2seq models
+    only) and targets."""
 
     records: list[dict]
     prompt_flat: np.ndarray
@@ -176,6 +194,13 @@ class TokenizedSplit:
             target_flat=np.concatenate([p.target_flat for p in parts]),
             target_sizes=np.concatenate([p.target_sizes for p in parts]),
         )
+
+    @staticmethod
+    def from_ids(records: list[dict], prompt_ids: list, target_ids: list, dtype: np.dtype) -> "TokenizedSplit":
+        """From per-example id sequences (lists or arrays)."""
+        prompt_flat, prompt_sizes = flatten(prompt_ids, dtype)
+        target_flat, target_sizes = flatten(target_ids, dtype)
+        return TokenizedSplit(records, prompt_flat, prompt_sizes, target_flat, target_sizes)
 
     def full_items(self, sep: int) -> tuple[np.ndarray, np.ndarray]:
         """Flat ``prompt, SEP, target`` items and their sizes, assembled with vectorised scatter, not a loop."""
@@ -196,7 +221,8 @@ def _scatter_positions(dest_starts: np.ndarray, sizes: np.ndarray) -> np.ndarray
     return np.repeat(dest_starts - src_starts, sizes) + np.arange(int(sizes.sum()), dtype=np.int64)
 
 
-def _flatten(id_lists: list[list[int]], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+def flatten(id_lists: list, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """One flat array of every sequence's ids, and the sequences' lengths."""
     sizes = np.fromiter(map(len, id_lists), dtype=np.int32, count=len(id_lists))
     flat = np.fromiter(chain.from_iterable(id_lists), dtype=dtype, count=int(sizes.sum()))
     return flat, sizes
@@ -217,6 +243,17 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
+def resolve_model_type(tokenizer, requested: str) -> str:
+    """``seq2seq`` or ``causal`` as requested; ``auto`` reads it from the tokenizer: ``seq2seq`` when the tokenizer
+    ends every encoded text with its EOS token (T5's and BART's do), ``causal`` when it does not (GPT-2, OPT,
+    LLaMA, Mistral and Qwen tokenizers add nothing or a BOS)."""
+    if requested == "auto":
+        return "seq2seq" if tokenizer.backend_tokenizer.encode("a").ids[-1:] == [tokenizer.eos_token_id] else "causal"
+    if requested not in MODEL_TYPES:
+        raise DataError(f"MODEL_TYPE={requested!r}: choose auto, {' or '.join(MODEL_TYPES)}")
+    return requested
+
+
 def choose_dtype(vocab_size: int, requested: str) -> np.dtype:
     """``auto``: uint16 when the vocabulary and the separator fit, else int32; otherwise check the request."""
     if requested == "auto":
@@ -230,9 +267,112 @@ def choose_dtype(vocab_size: int, requested: str) -> np.dtype:
     return dtype
 
 
-def _cut_premises(records, prompt_ids, tokenizer, template, max_len: int) -> int:
+def encode_batch(tokenizer, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+    """Ids straight from the Rust tokenizer: parallel over all cores and about 1.5x faster than
+    ``tokenizer(texts)``, which builds per-call Python structures we do not need."""
+    return [encoding.ids for encoding in
+            tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)]
+
+
+def encode_prompts(tokenizer, prompts: list[str], model_type: str) -> list[list[int]]:
+    """Prompt ids: with the tokenizer's special tokens for seq2seq models (T5: ending in EOS), without any for
+    causal ones (the model continues the prompt)."""
+    return encode_batch(tokenizer, prompts, add_special_tokens=model_type == "seq2seq")
+
+
+def encode_targets(tokenizer, prompts: list[str], prompt_ids: list[list[int]], targets: list[str],
+                   model_type: str) -> tuple[list[list[int]], int]:
+    """Target ids, ending in EOS, and how many causal targets had to be encoded alone.
+
+    seq2seq: each target encoded on its own with the special tokens. causal: the ids after the prompt's in the
+    encoding of ``prompt + target`` (MiniLLM's rule, which keeps the merges the model sees after the prompt), plus
+    EOS; where that encoding does not start with ``prompt_ids`` (a merge across the boundary), the target's own
+    encoding plus EOS, so that prompt ids followed by target ids always decode to prompt + target."""
+    if model_type == "seq2seq":
+        return encode_batch(tokenizer, targets), 0
+    eos = tokenizer.eos_token_id
+    joint = encode_batch(tokenizer, [p + t for p, t in zip(prompts, targets)], add_special_tokens=False)
+    ids, alone = [], []
+    for i, (prompt, full) in enumerate(zip(prompt_ids, joint)):
+        if full[: len(prompt)] == prompt:
+            ids.append(full[len(prompt):] + [eos])
+        else:
+            ids.append(None)
+            alone.append(i)
+    for i, own in zip(alone, encode_batch(tokenizer, [targets[i] for i in alone], add_special_tokens=False)):
+        ids[i] = own + [eos]
+    return ids, len(alone)
+
+
+def write_shards(directory: Path, split: str, flat: np.ndarray, sizes: np.ndarray, shard_size: int,
+                 first_shard: int = 0) -> int:
+    """Write ``{split}_{first_shard}``, ``{split}_{first_shard + 1}``, ... of at most ``shard_size`` items each
+    (0 = one shard); returns how many were written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    step = shard_size or max(len(sizes), 1)
+    bounds = list(range(0, len(sizes), step)) or [0]
+    for k, lo in enumerate(bounds, first_shard):
+        hi = min(lo + step, len(sizes))
+        write_indexed_dataset(directory / f"{split}_{k}", flat[offsets[lo]:offsets[hi]], sizes[lo:hi])
+    return len(bounds)
+
+
+def write_pairs(staging: Path, round_name: str, split: str, tokenized: TokenizedSplit, sep: int,
+                shard_size: int, first_shard: int = 0) -> int:
+    """``staging/{full,prompt}/{round}/{split}_{k}.bin/.idx`` for one split, numbered from ``first_shard`` (the
+    ``.jsonl`` records are the caller's); returns how many shards of each kind were written."""
+    full_flat, full_sizes = tokenized.full_items(sep)
+    for kind, flat, sizes in (("full", full_flat, full_sizes),
+                              ("prompt", tokenized.prompt_flat, tokenized.prompt_sizes)):
+        written = write_shards(staging / kind / round_name, split, flat, sizes, shard_size, first_shard)
+    return written
+
+
+def split_summary(tokenized: TokenizedSplit) -> dict:
+    return {"examples": len(tokenized.records), "max_prompt_tokens": int(tokenized.prompt_sizes.max(initial=0)),
+            "max_target_tokens": int(tokenized.target_sizes.max(initial=0))}
+
+
+def tokenizer_meta(tokenizer_name: str, tokenizer, dtype: np.dtype, model_type: str) -> dict:
+    """The ``meta.json`` keys every processed folder starts with."""
+    return {"tokenizer": tokenizer_name, "vocab_size": len(tokenizer), "dtype": dtype.name,
+            "separator": separator_id(dtype), "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id, "model_type": model_type}
+
+
+def publish(out_dir: Path, staging: Path, meta: dict, staged_text: Path | None = None) -> None:
+    """Move the complete ``staging/{full,prompt}`` (and a staged ``text/``) into ``out_dir`` and write ``meta.json``.
+
+    ``meta.json`` is removed first and written last, under a temporary name, so the folder never looks complete
+    with parts from two runs."""
+    (out_dir / "meta.json").unlink(missing_ok=True)
+    if staged_text is not None:
+        replace_folder(staged_text, out_dir / "text")
+    for kind in ("full", "prompt"):
+        replace_folder(staging / kind, out_dir / kind)
+    shutil.rmtree(staging)
+    tmp_meta = out_dir / ".meta.json.tmp"
+    tmp_meta.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp_meta, out_dir / "meta.json")
+
+
+def fresh_staging(out_dir: Path) -> Path:
+    """An empty ``out_dir/.shards.tmp`` to build the shards in."""
+    staging = out_dir / ".shards.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+# ------------------------------------------------------------------------------------- stage: shards (ANLI)
+
+def _cut_premises(records, prompt_ids, tokenizer, template, max_len: int, model_type: str) -> int:
     """Shorten the premise of every prompt over ``max_len`` tokens until it fits; returns how many were cut."""
     too_long = [i for i, ids in enumerate(prompt_ids) if len(ids) > max_len]
+    causal = model_type == "causal"
     for i in too_long:
         record = records[i]
         # Cut the original text at a token boundary (character offsets), rather than decoding ids, so that the
@@ -241,8 +381,9 @@ def _cut_premises(records, prompt_ids, tokenizer, template, max_len: int) -> int
                       tokenizer.backend_tokenizer.encode(record["premise"], add_special_tokens=False).offsets]
         keep = max(0, len(token_ends) - (len(prompt_ids[i]) - max_len))
         while True:
-            prompt = template.prompt(record["premise"][: token_ends[keep - 1]] if keep else "", record["hypothesis"])
-            ids = tokenizer.backend_tokenizer.encode(prompt).ids
+            prompt = template.prompt(record["premise"][: token_ends[keep - 1]] if keep else "", record["hypothesis"],
+                                     answer_cue=causal)
+            ids = tokenizer.backend_tokenizer.encode(prompt, add_special_tokens=not causal).ids
             if len(ids) <= max_len:
                 break
             if keep == 0:
@@ -255,44 +396,30 @@ def _cut_premises(records, prompt_ids, tokenizer, template, max_len: int) -> int
     return len(too_long)
 
 
-def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Ids with special tokens (EOS appended), straight from the Rust tokenizer: parallel over all cores and
-    about 1.5x faster than ``tokenizer(texts)``, which builds per-call Python structures we do not need."""
-    return [encoding.ids for encoding in tokenizer.backend_tokenizer.encode_batch(texts)]
-
-
-def tokenize_split(records, tokenizer, template, max_len: int, dtype: np.dtype) -> tuple[TokenizedSplit, int]:
-    """Prompt and target ids of every record. A record with ``target_ids`` (a teacher's output, see
-    :func:`build_pseudo_text`) keeps those ids as its target: decoding and re-encoding them need not give them
-    back, and SeqKD trains on exactly what the teacher generated."""
-    prompt_ids = encode_batch(tokenizer, [r["prompt"] for r in records])
+def tokenize_split(records, tokenizer, template, max_len: int, dtype: np.dtype,
+                   model_type: str = "seq2seq") -> tuple[TokenizedSplit, int]:
+    """Prompt and target ids of every record (causal prompts first get the template's answer cue). A record with
+    ``target_ids`` (a teacher's output, see :func:`build_pseudo_text`) keeps those ids as its target: decoding and
+    re-encoding them need not give them back, and SeqKD trains on exactly what the teacher generated."""
+    if model_type == "causal":
+        for r in records:
+            r["prompt"] = template.with_answer_cue(r["prompt"])
+    prompt_ids = encode_prompts(tokenizer, [r["prompt"] for r in records], model_type)
+    for r in records:
+        r["truncated"] = False
+    cut = _cut_premises(records, prompt_ids, tokenizer, template, max_len, model_type)
     target_ids = [r.get("target_ids") for r in records]
     to_encode = [i for i, ids in enumerate(target_ids) if ids is None]
-    for i, ids in zip(to_encode, encode_batch(tokenizer, [records[i]["target"] for i in to_encode])):
+    encoded, _ = encode_targets(tokenizer, [records[i]["prompt"] for i in to_encode],
+                                [prompt_ids[i] for i in to_encode], [records[i]["target"] for i in to_encode],
+                                model_type)
+    for i, ids in zip(to_encode, encoded):
         target_ids[i] = ids
     too_large = [r["uid"] for r, ids in zip(records, target_ids) if ids and max(ids) >= separator_id(dtype)]
     if too_large:
         raise DataError(f"uid {too_large[0]}: target_ids hold an id >= the {dtype.name} separator "
                         f"{separator_id(dtype)}; use DTYPE=int32")
-    for r in records:
-        r["truncated"] = False
-    cut = _cut_premises(records, prompt_ids, tokenizer, template, max_len)
-    prompt_flat, prompt_sizes = _flatten(prompt_ids, dtype)
-    target_flat, target_sizes = _flatten(target_ids, dtype)
-    return TokenizedSplit(records, prompt_flat, prompt_sizes, target_flat, target_sizes), cut
-
-
-def _write_shards(directory: Path, split: str, flat: np.ndarray, sizes: np.ndarray, shard_size: int) -> int:
-    """Write ``{split}_0``, ``{split}_1``, ... of at most ``shard_size`` items each (0 = one shard)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=offsets[1:])
-    step = shard_size or max(len(sizes), 1)
-    bounds = list(range(0, len(sizes), step)) or [0]
-    for k, lo in enumerate(bounds):
-        hi = min(lo + step, len(sizes))
-        write_indexed_dataset(directory / f"{split}_{k}", flat[offsets[lo]:offsets[hi]], sizes[lo:hi])
-    return len(bounds)
+    return TokenizedSplit.from_ids(records, prompt_ids, target_ids, dtype), cut
 
 
 def _jsonl_records(tokenized: TokenizedSplit):
@@ -303,13 +430,13 @@ def _jsonl_records(tokenized: TokenizedSplit):
 
 def build_shards(out_dir: Path, tokenizer_name: str, max_prompt_length: int = 512, dtype: str = "auto",
                  shard_size: int = 0, template_name: str | None = None, target_kind: str | None = None,
-                 staged_text: bool = False) -> dict:
+                 staged_text: bool = False, model_type: str = "auto") -> dict:
     """``out_dir/text`` -> ``out_dir/{full,prompt}/{round}/``. Returns the metadata written to ``meta.json``.
 
-    With ``staged_text`` the text comes from :func:`staged_text_dir` (a text stage run with ``publish=False``) and is
-    renamed to ``out_dir/text`` only with the shards, once they are built: a run that fails in either stage leaves
-    the previous output as it was. Publishing removes ``meta.json``, renames the folders into place and writes
-    ``meta.json`` last, so the folder never looks complete with parts from two runs."""
+    ``model_type`` is ``seq2seq``, ``causal`` or ``auto`` (see :func:`resolve_model_type`). With ``staged_text``
+    the text comes from :func:`staged_text_dir` (a text stage run with ``publish=False``) and is renamed to
+    ``out_dir/text`` only with the shards, once they are built: a run that fails in either stage leaves the
+    previous output as it was (see :func:`publish`)."""
     text_dir = staged_text_dir(out_dir) if staged_text else out_dir / "text"
     meta_path = text_dir / "meta.json"
     if not meta_path.is_file():
@@ -326,9 +453,10 @@ def build_shards(out_dir: Path, tokenizer_name: str, max_prompt_length: int = 51
     started = time.perf_counter()
     tokenizer = load_tokenizer(tokenizer_name)
     np_dtype = choose_dtype(len(tokenizer), dtype)
+    model_type = resolve_model_type(tokenizer, model_type)
     sep = separator_id(np_dtype)
     log(f"tokenizer {tokenizer_name}: {len(tokenizer)} tokens, loaded in {time.perf_counter() - started:.1f}s; "
-        f"dtype {np_dtype.name}, separator {sep}")
+        f"dtype {np_dtype.name}, separator {sep}, {model_type} model")
 
     tokenized: dict[tuple[str, str], TokenizedSplit] = {}
     cut_total = 0
@@ -338,7 +466,7 @@ def build_shards(out_dir: Path, tokenizer_name: str, max_prompt_length: int = 51
             if not path.is_file():
                 continue
             tokenized[(round_name, split)], cut = tokenize_split(
-                _read_jsonl(path), tokenizer, template, max_prompt_length, np_dtype)
+                _read_jsonl(path), tokenizer, template, max_prompt_length, np_dtype, model_type)
             cut_total += cut
             log(f"{round_name}/{split}: {len(tokenized[(round_name, split)].records)} examples, "
                 f"{cut} prompts cut to {max_prompt_length} tokens")
@@ -349,14 +477,10 @@ def build_shards(out_dir: Path, tokenizer_name: str, max_prompt_length: int = 51
         if parts:
             tokenized[(ALL_ROUNDS, split)] = TokenizedSplit.concatenate(parts)
 
-    staging = out_dir / ".shards.tmp"
-    if staging.exists():
-        shutil.rmtree(staging)
+    staging = fresh_staging(out_dir)
     summary = {}
     for (round_name, split), tok in tokenized.items():
-        full_flat, full_sizes = tok.full_items(sep)
-        for kind, flat, sizes in (("full", full_flat, full_sizes), ("prompt", tok.prompt_flat, tok.prompt_sizes)):
-            _write_shards(staging / kind / round_name, split, flat, sizes, shard_size)
+        write_pairs(staging, round_name, split, tok, sep, shard_size)
         # Serialise each record once: `all` concatenates the rounds' files and prompt/ copies full/.
         jsonl = staging / "full" / round_name / f"{split}.jsonl"
         if round_name == ALL_ROUNDS:
@@ -368,26 +492,14 @@ def build_shards(out_dir: Path, tokenizer_name: str, max_prompt_length: int = 51
         else:
             _write_jsonl(jsonl, _jsonl_records(tok))
         shutil.copyfile(jsonl, staging / "prompt" / round_name / f"{split}.jsonl")
-        summary[f"{round_name}/{split}"] = {
-            "examples": len(tok.records),
-            "max_prompt_tokens": int(tok.prompt_sizes.max()),
-            "max_target_tokens": int(tok.target_sizes.max()),
-        }
-    meta = {"tokenizer": tokenizer_name, "vocab_size": len(tokenizer), "dtype": np_dtype.name, "separator": sep,
-            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
-            "template": text_meta["template"], "target": text_meta["target"],
+        summary[f"{round_name}/{split}"] = split_summary(tok)
+    meta = {**tokenizer_meta(tokenizer_name, tokenizer, np_dtype, model_type), "task": "anli",
+            "rounds": list(dict.fromkeys(r for r, _ in tokenized)), "template": text_meta["template"],
+            "target": text_meta["target"],
             "train_targets": text_meta.get("train_targets", "gold"), "teacher": text_meta.get("teacher"),
             "max_prompt_length": max_prompt_length, "prompts_cut": cut_total, "shard_size": shard_size,
             "splits": summary}
-    (out_dir / "meta.json").unlink(missing_ok=True)
-    if staged_text:
-        replace_folder(text_dir, out_dir / "text")
-    for kind in ("full", "prompt"):
-        replace_folder(staging / kind, out_dir / kind)
-    shutil.rmtree(staging)
-    tmp_meta = out_dir / ".meta.json.tmp"
-    tmp_meta.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_meta, out_dir / "meta.json")
+    publish(out_dir, staging, meta, text_dir if staged_text else None)
     log(f"wrote {len(tokenized)} round/split pairs to {out_dir} ({cut_total} prompts cut) "
         f"in {time.perf_counter() - started:.1f}s")
     return meta

@@ -72,3 +72,11 @@ def test_unknown_rounds_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
         parse_config(argv)
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_dolly_responses_are_selected_by_rouge_l(flags, tmp_path):
+    """Dolly's meta.json says target "response": free text, judged by Rouge-L like ANLI rationales."""
+    (tmp_path / "data" / "meta.json").write_text(json.dumps({"target": "response", "task": "dolly"}))
+    assert parse_config(flags).selection_metric() == "rougeL"
+    with pytest.raises(ValueError, match=r"--select-by rougeL \(auto: the data has free-text targets\)"):
+        parse_config([*flags, "--no-eval-generate"]).validate()

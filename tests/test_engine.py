@@ -90,7 +90,7 @@ def test_auto_selection_follows_the_target_kind(tmp_path):
         "best": "loss", "best_loss": "loss"}
     assert selections(config("label", "--also-select-by", "loss")) == {"best": "accuracy", "best_loss": "loss"}
     problems = config("label_reason", "--no-eval-generate")
-    with pytest.raises(ValueError, match=r"--select-by rougeL \(auto: the data has rationale targets\) needs "
+    with pytest.raises(ValueError, match=r"--select-by rougeL \(auto: the data has free-text targets\) needs "
                                          "generation"):
         problems.validate()
 

@@ -167,7 +167,7 @@ class TrainConfig:
         selected = self.selection_metric() if self.data_dir is not None else self.select_by
         for flag, metric in (("--select-by", selected), ("--also-select-by", self.also_select_by)):
             if metric == "rougeL" and not self.eval_generate:
-                auto = (" (auto: the data has rationale targets)"
+                auto = (" (auto: the data has free-text targets)"
                         if flag == "--select-by" and self.select_by == "auto" else "")
                 problems.append(f"{flag} rougeL{auto} needs generation in evaluation; drop --no-eval-generate")
         if self.lr_min > self.lr:
@@ -243,13 +243,14 @@ class TrainConfig:
         return problems
 
     def selection_metric(self) -> str:
-        """The metric ``--select-by`` names; ``auto`` reads the data's target kind from ``--data-dir``'s meta.json
-        (rationale targets are judged by Rouge-L, as MiniLLM selects; bare labels by accuracy)."""
+        """The metric ``--select-by`` names; ``auto`` reads the data's target kind from ``--data-dir``'s meta.json:
+        free text (ANLI rationales, Dolly responses) is judged by Rouge-L, as MiniLLM selects; bare labels by
+        accuracy."""
         if self.select_by != "auto":
             return self.select_by
         meta = Path(self.data_dir) / "meta.json"
         target = json.loads(meta.read_text()).get("target", "label") if meta.is_file() else "label"
-        return "rougeL" if target == "label_reason" else "accuracy"
+        return "rougeL" if target in ("label_reason", "response") else "accuracy"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)

@@ -23,6 +23,7 @@ import torch
 from .data.anli import ROUNDS
 from .data.seq2seq import read_meta
 from .evaluation import check_split, evaluate, format_table, write_results
+from .models import load_model as load_checkpoint, load_tokenizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
@@ -73,13 +74,12 @@ def tokenizer_path_for(model_path: Path, args: argparse.Namespace) -> Path | str
 def load_model(flag: str, path, args: argparse.Namespace):
     """The model at ``path`` in ``--dtype``, on the CPU; :class:`InputError` naming ``flag`` and ``path`` when it
     cannot be loaded (any failure is bad input here: a missing folder, truncated weights, a config that does not
-    match them, ...)."""
-    from transformers import AutoModelForSeq2SeqLM
+    match them, ...). The library's default attention, as the checkpoint asks for it."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     try:
-        return AutoModelForSeq2SeqLM.from_pretrained(path, dtype=DTYPES[args.dtype])
+        return load_checkpoint(path, dtype=DTYPES[args.dtype], attn_implementation=None, flag=None)
     except Exception as err:
         raise InputError(f"{flag} {path}: cannot load the model: {_first_line(err)}") from None
 
@@ -101,12 +101,10 @@ def check_teacher_vocabulary(teacher, teacher_path: str, model_paths: list[Path]
 
 
 def load_model_and_tokenizer(model_path: Path, args: argparse.Namespace):
-    from transformers import AutoTokenizer
-
     tokenizer_path = tokenizer_path_for(model_path, args)
     model = load_model("--model-path", model_path, args)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        tokenizer = load_tokenizer(tokenizer_path, flag=None)
     except Exception as err:
         raise InputError(f"tokenizer {tokenizer_path}: cannot load it: {_first_line(err)}") from None
     return model, tokenizer

@@ -4,9 +4,9 @@ What is computed for each example (prompt x, gold target y, answer options o_0, 
 
 - **rank classification**: ``s_k = sum_t log q(o_k,t | o_k,<t, x)`` over the option's tokens including EOS
   (the options are tokenised like the targets in the shards), in fp32, under the distribution the decoder samples
-  from: the pad id is banned (a -inf logit before the log-softmax, as :func:`minillm.rollouts.ban` does), since it
-  is the decoder start and the padding, never an output, and generation never emits it either
-  (:meth:`Seq2SeqAdapter.generate`). The predicted label is ``argmax_k s_k`` (the first on a tie). For
+  from: the adapter's banned ids get a -inf logit before the log-softmax (:func:`minillm.models.base.ban`; for T5
+  the pad id, which is the decoder start and the padding, never an output), and generation never emits them either
+  (the adapter's ``generate``). The predicted label is ``argmax_k s_k`` (the first on a tie). For
   ``label_reason`` targets (answer, then a rationale) the options are still the bare answers, so the answer alone
   is scored.
 - **the option distribution**: the three scores normalised over the answer set,
@@ -40,12 +40,12 @@ docs/metrics.md for what each one says):
   with q = q(. | x), p = p(. | x) over the three options; None without a teacher.
 
 Batching: a process's examples are sorted by prompt length (longest first) and cut into batches of ``batch_size``,
-so that little padding is computed. Per batch of prompts the encoder runs once. Its hidden states are repeated
-three times along the batch (``repeat_interleave``) for a single decoder pass over all (prompt, option) rows,
-reused for one decoder pass over the gold targets, and handed to ``generate`` as ``encoder_outputs``, so no prompt
-is encoded twice. A teacher adds one encoder pass and one decoder pass over the option rows per batch (none over
-the gold targets, no generation). This scheme is specific to encoder-decoder models; the adapter supplies the
-decoder inputs, the log-probs and generation.
+so that little padding is computed. Per batch of prompts the adapter computes one prompt context
+(``encode_prompts``; for an encoder-decoder the encoder runs once), scores all (prompt, option) rows in a single
+pass with the context repeated three times (``context_logits(..., repeat=3)``), reuses it for one pass over the
+gold targets, and hands it to ``generate``, so no prompt is encoded twice. A teacher adds one context and one pass
+over the option rows per batch (none over the gold targets, no generation), from its own context: a teacher never
+reads the student's encoder states.
 
 Distributed: under ``torch.distributed`` each rank takes the strided part ``rank::world_size`` of the examples,
 padded by repeating one of its examples to ``ceil(n / world_size)`` so that every rank makes the same number of
@@ -71,13 +71,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from transformers.modeling_outputs import BaseModelOutput
-
-from .data.seq2seq import Seq2SeqExamples
+from .data.seq2seq import Seq2SeqExamples, collate, pad_right
 from .data.templates import LABEL_NAMES
 from .divergences import kl_from_log_probs
-from .models.adapter import IGNORE_INDEX, Seq2SeqAdapter, collate, pad_right
-from .rollouts import ban
+from .models import IGNORE_INDEX, adapter_for, unwrap
+from .models.base import ban
 
 NUM_LABELS = len(LABEL_NAMES)
 UNPARSED_EXAMPLES_KEPT = 5
@@ -282,13 +280,6 @@ def load_examples(data_dir, split: str, rounds, max_examples: int | None = None,
 # ------------------------------------------------------------------------------------------- model passes
 
 
-def _decoder_logits(model, adapter: Seq2SeqAdapter, encoder_hidden: torch.Tensor, attention_mask: torch.Tensor,
-                    labels: torch.Tensor) -> torch.Tensor:
-    """Teacher-forced logits aligned with ``labels`` (adapter convention), from precomputed encoder states."""
-    return model(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden), attention_mask=attention_mask,
-                 decoder_input_ids=adapter.decoder_input_ids(labels), use_cache=False).logits
-
-
 class _OptionTokens:
     """Token ids (with EOS) of each distinct option triple, tokenised once."""
 
@@ -303,18 +294,11 @@ class _OptionTokens:
         return self.cache[key]
 
 
-def _encode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    return model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask,
-                               return_dict=True).last_hidden_state
-
-
-def _option_scores(model, adapter: Seq2SeqAdapter, encoder_hidden: torch.Tensor, attention_mask: torch.Tensor,
-                   option_labels: torch.Tensor) -> list[list[float]]:
-    """``s_k = sum_t log q(o_k,t | o_k,<t, x)`` (EOS included, pad banned) of the three options of each prompt, in
-    one decoder pass over ``option_labels`` (three rows per prompt) from the prompts' encoder states."""
-    logits = _decoder_logits(model, adapter, encoder_hidden.repeat_interleave(NUM_LABELS, dim=0),
-                             attention_mask.repeat_interleave(NUM_LABELS, dim=0), option_labels)
-    logprobs = adapter.token_logprobs(ban(logits, (adapter.pad_token_id,)), option_labels)
+def _option_scores(model, adapter, context, option_labels: torch.Tensor) -> list[list[float]]:
+    """``s_k = sum_t log q(o_k,t | o_k,<t, x)`` (EOS included, the adapter's banned ids at -inf) of the three options
+    of each prompt, in one pass over ``option_labels`` (three rows per prompt) from the prompts' context."""
+    logits = adapter.context_logits(model, context, option_labels, repeat=NUM_LABELS)
+    logprobs = adapter.token_logprobs(ban(logits, adapter.banned_ids), option_labels)
     return logprobs.sum(-1).view(-1, NUM_LABELS).tolist()
 
 
@@ -323,26 +307,24 @@ def _score_batch(model, teacher, tokenizer, adapter, option_tokens: _OptionToken
     batch = collate([(e.prompt_ids, e.target_ids) for e in examples], adapter.pad_token_id)
     batch = {k: v.to(device) for k, v in batch.items()}
     mask = batch["attention_mask"]
-    hidden = _encode(model, batch["input_ids"], mask)
+    context = adapter.encode_prompts(model, batch["input_ids"], mask)
 
-    gold_logprobs = adapter.token_logprobs(_decoder_logits(model, adapter, hidden, mask, batch["labels"]),
-                                           batch["labels"])
+    gold_logprobs = adapter.token_logprobs(adapter.context_logits(model, context, batch["labels"]), batch["labels"])
     target_nll = (-gold_logprobs.sum(-1)).tolist()
     target_tokens = (batch["labels"] != IGNORE_INDEX).sum(-1).tolist()
 
     option_labels = pad_right([ids for e in examples for ids in option_tokens(e.record["options"])],
                               IGNORE_INDEX).to(device)
-    option_scores = _option_scores(model, adapter, hidden, mask, option_labels)
+    option_scores = _option_scores(model, adapter, context, option_labels)
     teacher_scores = [None] * len(examples)
-    if teacher is not None:  # its own encoder: a teacher decoder never reads the student's encoder states
-        teacher_scores = _option_scores(teacher, adapter, _encode(teacher, batch["input_ids"], mask), mask,
+    if teacher is not None:  # its own context: a teacher never reads the student's encoder states
+        teacher_scores = _option_scores(teacher, adapter, adapter.encode_prompts(teacher, batch["input_ids"], mask),
                                         option_labels)
 
     texts = [None] * len(examples)
     if generate:
-        generated = adapter.generate(model, batch["input_ids"], mask, max_new_tokens, do_sample=False, num_beams=1,
-                                     synced_gpus=synced_gpus,
-                                     encoder_outputs=BaseModelOutput(last_hidden_state=hidden))
+        generated = adapter.generate(model, batch["input_ids"], mask, max_new_tokens, context=context,
+                                     do_sample=False, num_beams=1, synced_gpus=synced_gpus)
         texts = [text.strip() for text in tokenizer.batch_decode(
             [row[row != IGNORE_INDEX].tolist() for row in generated.cpu()], skip_special_tokens=True)]
 
@@ -400,11 +382,11 @@ def evaluate(model, tokenizer, data_dir, split: str = "dev", rounds=("r1", "r2",
     """
     rounds = tuple(rounds)
     examples = load_examples(data_dir, split, rounds, max_examples, max_prompt_length, max_target_length)
-    adapter = adapter or Seq2SeqAdapter.for_model(model)
+    adapter = adapter or adapter_for(model, tokenizer)
     device = next(model.parameters()).device
     rank, world_size = _world()
-    if teacher is not None:  # an engine forwards calls but not get_encoder; ZeRO-3 still gathers through its hooks
-        teacher = getattr(teacher, "module", teacher)
+    if teacher is not None:  # the bare model, whose mode can be set; ZeRO-3 still gathers through its hooks
+        teacher = unwrap(teacher)
     models = [model] if teacher is None else [model, teacher]
 
     part = rank_part(len(examples), rank, world_size)

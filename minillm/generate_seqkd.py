@@ -14,9 +14,9 @@ its share by length and generates in batches (greedy, or sampling with temperatu
 
 Each output record keeps the gold record's fields (uid, round, premise, hypothesis, label, reason, prompt, options)
 with ``target`` set to the teacher's output text, and adds ``target_ids`` (the teacher's token ids, exactly as
-generated, EOS included when it stopped; never the pad id, which :meth:`Seq2SeqAdapter.generate` bans),
-``gold_target``, ``sample`` (0 .. n-1), ``finished`` (it stopped at EOS within ``--max-new-tokens``) and
-``teacher_answer`` (the option its text states, parsed as in evaluation, or None).
+generated, EOS included when it stopped; never a banned id such as T5's pad, which the adapter's ``generate``
+suppresses), ``gold_target``, ``sample`` (0 .. n-1), ``finished`` (it stopped at EOS within ``--max-new-tokens``)
+and ``teacher_answer`` (the option its text states, parsed as in evaluation, or None).
 ``process_pseudo_data_seqkd.sh`` turns the folder into training shards whose targets are those ids.
 """
 
@@ -35,11 +35,11 @@ import torch
 import torch.distributed as dist
 
 from .data.indexed_dataset import ShardedIndexedDataset
-from .data.seq2seq import read_meta
+from .data.seq2seq import collate_prompts, read_meta
 from .engine.distributed import device_for, init_distributed
 from .evaluation import parse_answer
 from .folders import replace_folder
-from .models.adapter import IGNORE_INDEX, Seq2SeqAdapter, collate_prompts
+from .models import IGNORE_INDEX, adapter_for, load_model, load_tokenizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -162,8 +162,6 @@ def main(argv=None) -> int:
     device = device_for(local_rank)
     torch.manual_seed(args.seed + rank)
     try:
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
         data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"--out-dir {out_dir}: exists and is not a folder")
@@ -175,13 +173,14 @@ def main(argv=None) -> int:
         dtype = args.dtype
         if dtype == "auto":
             dtype = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-        model = AutoModelForSeq2SeqLM.from_pretrained(args.model_path, dtype=torch.bfloat16 if dtype == "bf16"
-                                                      else torch.float32).to(device).eval()
+        # the library's attention and error messages, as reported below
+        model = load_model(args.model_path, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32,
+                           attn_implementation=None, flag=None).to(device).eval()
         if model.config.vocab_size < gold_meta["vocab_size"]:
             raise ValueError(f"--model-path {args.model_path}: vocabulary of {model.config.vocab_size} tokens, but "
                              f"--data-dir {data_dir} was tokenised with {gold_meta['vocab_size']}")
-        tokenizer = AutoTokenizer.from_pretrained(gold_meta["tokenizer"])
-        adapter = Seq2SeqAdapter.for_model(model)
+        tokenizer = load_tokenizer(gold_meta["tokenizer"], flag=None)
+        adapter = adapter_for(model, tokenizer)
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"generate_seqkd: error: {e}", file=sys.stderr)
         return 2

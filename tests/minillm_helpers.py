@@ -7,7 +7,7 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
-from minillm.models.adapter import Seq2SeqAdapter
+from minillm.models import Seq2SeqAdapter
 
 PAD, EOS = 0, 1
 

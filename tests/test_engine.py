@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from minillm.data.seq2seq import Seq2SeqExamples, bucketed_batches
-from minillm.engine.batches import padding_fraction
+from minillm.engine.padding import padding_fraction
 from minillm.engine.config import parse_config
 from minillm.engine.deepspeed_config import check_precision, load_deepspeed_config
 from minillm.engine.distributed import free_port

@@ -31,7 +31,8 @@ from minillm.evaluation import (
     summarize,
     write_results,
 )
-from minillm.models.adapter import Seq2SeqAdapter, collate
+from minillm.data.seq2seq import collate
+from minillm.models import Seq2SeqAdapter
 from minillm.models.tiny import build_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM
 
 from minillm.data.seq2seq import Seq2SeqExamples
-from minillm.models.adapter import Seq2SeqAdapter, collate
+from minillm.data.seq2seq import collate
+from minillm.models import Seq2SeqAdapter
 from minillm.models.tiny import build_model
 from minillm.objectives import build_objective
 

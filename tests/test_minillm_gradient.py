@@ -20,9 +20,10 @@ import math
 import pytest
 import torch
 
-from minillm.models.adapter import IGNORE_INDEX, pad_right
+from minillm.data.seq2seq import pad_right
+from minillm.models.base import IGNORE_INDEX
 from minillm.objectives.minillm import MiniLLMObjective
-from minillm.rollouts import Rollouts
+from minillm.objectives.minillm.rollouts import Rollouts
 from minillm_helpers import EOS, PAD, adapter_for, hand_keep, minillm_config, tiny_t5
 
 VOCAB, MAX_LEN = 5, 3

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from minillm.engine.config import parse_config
-from minillm.models.adapter import IGNORE_INDEX
+from minillm.models.base import IGNORE_INDEX
 from minillm.objectives.minillm import MiniLLMObjective
-from minillm.rollouts import Rollouts
+from minillm.objectives.minillm.rollouts import Rollouts
 from minillm_helpers import EOS, PAD, adapter_for, minillm_config, tiny_t5
 
 # Three rollouts of lengths 4, 2 and 3 with recorded log-probs; log p - log q_old ranges over about +-0.3, so with
@@ -37,7 +37,8 @@ def hand_rollouts() -> Rollouts:
 
 def objective_with(**config) -> MiniLLMObjective:
     """The objective's bookkeeping alone: advantages and micro-batches need no model."""
-    return MiniLLMObjective(minillm_config(**config), SimpleNamespace(pad_token_id=PAD), lambda path: None)
+    return MiniLLMObjective(minillm_config(**config), SimpleNamespace(pad_token_id=PAD, banned_ids=(PAD,)),
+                            lambda path: None)
 
 
 def direct_advantages(single_step_reg: bool, length_norm: bool, whiten: bool) -> list[list[float]]:

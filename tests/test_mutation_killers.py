@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import torch
 
 from minillm.losses import token_cross_entropy
-from minillm.models.adapter import IGNORE_INDEX
+from minillm.models.base import IGNORE_INDEX
 from minillm.objectives.minillm import MiniLLMObjective
-from minillm.policy_gradient import k3_reverse_kl, masked_whiten, returns, token_rewards
-from minillm.rollouts import Rollouts, SamplingSettings, ban, keep_set, sample_rollouts
+from minillm.objectives.minillm.policy_gradient import k3_reverse_kl, masked_whiten, returns, token_rewards
+from minillm.objectives.minillm.rollouts import Rollouts, SamplingSettings, ban, keep_set, sample_rollouts
 from minillm_helpers import EOS, PAD, adapter_for, minillm_config, tiny_t5
 
 NEG_INF = -math.inf
@@ -189,10 +189,10 @@ def test_sample_rollouts_unwraps_an_engine():
     bare models under the same seed."""
     student, teacher = two_models()
     settings = SamplingSettings(max_new_tokens=4, banned_ids=(PAD,))
-    bare = sample_rollouts(student, teacher, PROMPTS, torch.ones_like(PROMPTS), settings, PAD, EOS, PAD,
+    bare = sample_rollouts(student, teacher, PROMPTS, torch.ones_like(PROMPTS), settings, adapter_for(student),
                            torch.Generator().manual_seed(0))
-    wrapped = sample_rollouts(Engine(student), Engine(teacher), PROMPTS, torch.ones_like(PROMPTS), settings, PAD, EOS,
-                              PAD, torch.Generator().manual_seed(0))
+    wrapped = sample_rollouts(Engine(student), Engine(teacher), PROMPTS, torch.ones_like(PROMPTS), settings,
+                              adapter_for(student), torch.Generator().manual_seed(0))
     assert_same_rollouts(wrapped, bare)
 
 
@@ -204,7 +204,8 @@ def test_objective_takes_its_settings_from_the_config():
     loaded = []
     config = minillm_config(teacher_model_path="teacher-dir", rollout_max_new_tokens=5, teacher_mixed_alpha=0.2,
                             temperature=0.7, top_k=4, top_p=0.8, teacher_topk=3)
-    objective = MiniLLMObjective(config, SimpleNamespace(pad_token_id=PAD), lambda path: loaded.append(path) or "T")
+    objective = MiniLLMObjective(config, SimpleNamespace(pad_token_id=PAD, banned_ids=(PAD,)),
+                                 lambda path: loaded.append(path) or "T")
     assert loaded == ["teacher-dir"] and objective.teacher == "T" and objective.frozen_models == ["T"]
     assert objective.sampling == SamplingSettings(max_new_tokens=5, alpha=0.2, temperature=0.7, top_k=4, top_p=0.8,
                                                   banned_ids=(PAD,))
@@ -232,8 +233,8 @@ def test_collect_samples_as_configured_and_sums_its_stats():
     reward and mean weighted k3, and the token and sequence counts, summed here position by position."""
     student, teacher, objective, batches = collect_setup(teacher_topk=3, whiten_advantages=True, gamma=0.9)
     store, stats = objective.collect(student, batches, torch.Generator().manual_seed(0), add_a_second_process)
-    expected = sample_rollouts(student, teacher, PROMPTS, torch.ones_like(PROMPTS), objective.sampling, PAD, EOS, PAD,
-                               torch.Generator().manual_seed(0), teacher_topk=3)
+    expected = sample_rollouts(student, teacher, PROMPTS, torch.ones_like(PROMPTS), objective.sampling,
+                               adapter_for(student), torch.Generator().manual_seed(0), teacher_topk=3)
     assert_same_rollouts(store["rollouts"], expected)
     mask = expected.mask
     assert bool((expected.labels == EOS).any()) and expected.teacher_dist_ids.shape[-1] == 3

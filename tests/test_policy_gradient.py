@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from minillm.policy_gradient import k3_reverse_kl, masked_whiten, ppo_token_losses, returns, token_rewards
+from minillm.objectives.minillm.policy_gradient import (k3_reverse_kl, masked_whiten, ppo_token_losses, returns,
+                                                       token_rewards)
 
 MASK = torch.tensor([[True, True, True], [True, True, False]])
 

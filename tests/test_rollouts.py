@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from minillm.models.adapter import IGNORE_INDEX, pad_right
+from minillm.data.seq2seq import pad_right
+from minillm.models.base import IGNORE_INDEX
 from minillm.objectives.minillm import MiniLLMObjective
-from minillm.rollouts import SamplingSettings, ban, policy_log_probs, sample_rollouts
+from minillm.objectives.minillm.rollouts import SamplingSettings, ban, policy_log_probs, sample_rollouts
 from minillm_helpers import EOS, PAD, adapter_for, hand_keep, minillm_config, tiny_t5
 
 VOCAB = 12
@@ -31,7 +32,7 @@ def prompts(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def sample(models, settings, n=64, seed=0):
     student, teacher = models
     input_ids, attention_mask = prompts(n, seed)
-    return sample_rollouts(student, teacher, input_ids, attention_mask, settings, PAD, EOS, PAD,
+    return sample_rollouts(student, teacher, input_ids, attention_mask, settings, adapter_for(student),
                            torch.Generator().manual_seed(seed))
 
 
@@ -107,7 +108,7 @@ def test_teacher_mixed_sampling_matches_the_mixture(models):
     input_ids = torch.tensor([[5, 7, 3, EOS]]).expand(n, -1)
     attention_mask = torch.ones_like(input_ids)
     settings = SamplingSettings(max_new_tokens=1, alpha=alpha, banned_ids=(PAD,))
-    rollouts = sample_rollouts(student, teacher, input_ids, attention_mask, settings, PAD, EOS, PAD,
+    rollouts = sample_rollouts(student, teacher, input_ids, attention_mask, settings, adapter_for(student),
                                torch.Generator().manual_seed(0))
     q, p = (log_dist.exp() for log_dist in first_position_log_dists(models, input_ids[:1]))
     mixture = ((1 - alpha) * q + alpha * p).double()
@@ -205,10 +206,10 @@ def test_teacher_top_k_plus_remainder(models):
     student, teacher = models
     settings = SETTINGS["plain"]
     full = sample(models, settings, n=16, seed=3)
-    coarse = sample_rollouts(student, teacher, full.input_ids, full.attention_mask, settings, PAD, EOS, PAD,
-                             torch.Generator().manual_seed(3), teacher_topk=3)
-    everything = sample_rollouts(student, teacher, full.input_ids, full.attention_mask, settings, PAD, EOS, PAD,
-                                 torch.Generator().manual_seed(3), teacher_topk=VOCAB)
+    coarse = sample_rollouts(student, teacher, full.input_ids, full.attention_mask, settings,
+                             adapter_for(student), torch.Generator().manual_seed(3), teacher_topk=3)
+    everything = sample_rollouts(student, teacher, full.input_ids, full.attention_mask, settings,
+                                 adapter_for(student), torch.Generator().manual_seed(3), teacher_topk=VOCAB)
     assert torch.equal(coarse.labels, full.labels)  # the same draws: the storage does not touch sampling
     mask = full.mask
     assert coarse.teacher_log_dist.shape[-1] == 4

@@ -17,7 +17,7 @@ from transformers import AutoModelForSeq2SeqLM
 
 from minillm.data.indexed_dataset import ShardedIndexedDataset, split_prompt_target
 from minillm.generate_seqkd import generate_share, load_prompts
-from minillm.models.adapter import Seq2SeqAdapter
+from minillm.models import Seq2SeqAdapter
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "deepspeed"

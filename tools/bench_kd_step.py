@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from minillm.divergences import DIVERGENCES  # noqa: E402
-from minillm.models.adapter import Seq2SeqAdapter  # noqa: E402
+from minillm.models import Seq2SeqAdapter  # noqa: E402
 from minillm.models.fused import fuse_elementwise  # noqa: E402
 from minillm.models.tiny import PRESETS, build_model  # noqa: E402
 from minillm.objectives import build_objective  # noqa: E402

@@ -5,7 +5,7 @@
                                        [--max-new-tokens 8] [--cycles 2] [--threads N] [--dtype fp32]
 
 Randomly initialised student and teacher of the presets' shapes (one vocabulary), random prompts, and the real
-pieces: :class:`minillm.engine.batches.RolloutBatches` drives :class:`MiniLLMObjective` (collection: two-model
+pieces: :class:`minillm.objectives.minillm.batches.RolloutBatches` drives :class:`MiniLLMObjective` (collection: two-model
 teacher-mixed sampling, rewards, advantages; then ``ppo_epochs`` passes of micro-batches) and a fused AdamW steps.
 One cycle = one collection + its optimizer steps. Timed per cycle (after one warm-up cycle), with forward hooks on
 the two models:
@@ -38,11 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from minillm.engine.batches import RolloutBatches  # noqa: E402
-from minillm.models.adapter import Seq2SeqAdapter  # noqa: E402
+from minillm.engine.gathering import SamplingScope  # noqa: E402
+from minillm.models import Seq2SeqAdapter  # noqa: E402
 from minillm.models.fused import fuse_elementwise  # noqa: E402
 from minillm.models.tiny import PRESETS, build_model  # noqa: E402
-from minillm.objectives import minillm as minillm_objective  # noqa: E402
+from minillm.objectives import Processes  # noqa: E402
+from minillm.objectives.minillm import objective as minillm_objective  # noqa: E402
+from minillm.objectives.minillm.batches import RolloutBatches  # noqa: E402
 from step_timing import DTYPES  # noqa: E402
 
 
@@ -100,6 +102,7 @@ def main(argv=None) -> None:
         teacher_model_path="teacher", rollout_max_new_tokens=args.max_new_tokens, teacher_mixed_alpha=0.2,
         temperature=1.0, top_k=0, top_p=1.0, gamma=0.95, length_norm=True, whiten_advantages=True, cliprange=0.2,
         reward_scaling=0.5, cliprange_reward=100.0, single_step_reg=True, lm_coef=0.0, teacher_topk=0,
+        whiten_scope="collection",
         num_rollouts=args.num_rollouts, chunk_size=args.chunk_size, ppo_epochs=args.ppo_epochs,
         batch_size=args.batch_size, grad_acc=1, seed=0)
     objective = minillm_objective.MiniLLMObjective(config, Seq2SeqAdapter.for_model(student), lambda path: teacher)
@@ -115,8 +118,9 @@ def main(argv=None) -> None:
     minillm_objective.sample_rollouts = timed_sample_rollouts
     rng = np.random.default_rng(0)
     prompts = [rng.integers(2, args.vocab_size, args.prompt_length) for _ in range(4 * args.num_rollouts)]
-    source = RolloutBatches(objective, student, prompts, None, config, rank=0, world_size=1, device=torch.device("cpu"),
-                            pad_token_id=0, zero3=False)
+    cpu = torch.device("cpu")
+    processes = Processes(rank=0, world_size=1, device=cpu, sampling=SamplingScope([student, teacher], False, True, cpu))
+    source = RolloutBatches(objective, student, prompts, None, config, processes)
     optimizer = torch.optim.AdamW([q for q in student.parameters()], lr=1e-6, fused=True)
     teacher_decoder, teacher_encoder = CallTimer(teacher), CallTimer(teacher.encoder)  # sampling calls both directly
     steps = source.steps_per_epoch

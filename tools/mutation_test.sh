@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Mutation testing (mutmut, pinned in requirements-dev.txt) of minillm/divergences.py, rollouts.py,
-# policy_gradient.py, objectives/minillm.py and losses.py against their fast unit tests ([mutmut] in setup.cfg).
+# Mutation testing (mutmut, pinned in requirements-dev.txt) of minillm/divergences.py, objectives/minillm/rollouts.py,
+# objectives/minillm/policy_gradient.py, objectives/minillm/objective.py and losses.py against their fast unit tests
+# ([mutmut] in setup.cfg).
 #   bash tools/mutation_test.sh
 # Not part of CI or tests/run.sh. CPU budget: a full run (1239 mutants) took 13.5 to 18.5 min wall time on 2 shared
 # cores (docs/mutation.md): about 20 minutes.

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minillm.data.seq2seq import Seq2SeqExamples, read_meta  # noqa: E402
-from minillm.engine.batches import padding_fraction  # noqa: E402
+from minillm.engine.padding import padding_fraction  # noqa: E402
 from minillm.engine.config import TrainConfig  # noqa: E402
 
 TRAINER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}

@@ -1,4 +1,10 @@
-"""(prompt, target) examples from ``full/`` shards, and length-bucketed, data-parallel batching."""
+"""(prompt, target) examples from ``full/`` shards, their collation into padded batches, and length-bucketed,
+data-parallel batching.
+
+A batch, for every model family (the adapter converts it internally, :mod:`minillm.models.base`): ``input_ids`` /
+``attention_mask`` ``[B, S]``, the prompts right-padded with the pad id; ``labels`` ``[B, T]``, the targets
+right-padded with -100 (``IGNORE_INDEX``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ..models.base import IGNORE_INDEX
 from .indexed_dataset import ShardedIndexedDataset, separator_id
 
 
@@ -15,6 +23,27 @@ def read_meta(data_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; --data-dir must be an output folder of process_data_anli.sh")
     return json.loads(path.read_text())
+
+
+def pad_right(sequences: list, value: int, dtype=torch.long) -> torch.Tensor:
+    """Stack 1-D int sequences into ``[B, max_len]``, right-padded with ``value``."""
+    width = max((len(s) for s in sequences), default=0)
+    out = torch.full((len(sequences), width), value, dtype=dtype)
+    for i, s in enumerate(sequences):
+        out[i, : len(s)] = torch.as_tensor(s, dtype=dtype)
+    return out
+
+
+def collate_prompts(prompts, pad_token_id: int) -> dict:
+    """Prompt id sequences -> right-padded ``input_ids`` and ``attention_mask`` (the prompt side of a batch)."""
+    return {"input_ids": pad_right(prompts, pad_token_id),
+            "attention_mask": pad_right([[1] * len(p) for p in prompts], 0)}
+
+
+def collate(examples: list[tuple], pad_token_id: int) -> dict:
+    """(prompt ids, target ids) pairs -> a padded batch (module docstring)."""
+    prompts, targets = zip(*examples)
+    return {**collate_prompts(prompts, pad_token_id), "labels": pad_right(targets, IGNORE_INDEX)}
 
 
 class Seq2SeqExamples:
@@ -29,6 +58,7 @@ class Seq2SeqExamples:
                  max_target_length: int = 128):
         self.dataset = ShardedIndexedDataset(Path(data_dir) / "full" / round_name, split)
         self.sep = separator_id(self.dataset.dtype)
+        self.round_name = round_name
         self.max_prompt_length = max_prompt_length
         self.max_target_length = max_target_length
         self.records_path = Path(data_dir) / "full" / round_name / f"{split}.jsonl"

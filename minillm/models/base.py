@@ -19,6 +19,7 @@ teacher) can sample together; the log-probabilities recorded while decoding equa
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -76,6 +77,14 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     picked = logprobs.gather(-1, labels.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
     return picked.masked_fill(~mask, 0.0)
+
+
+def ban(logits: torch.Tensor, banned_ids) -> torch.Tensor:
+    """``logits`` in fp32 (fp64 stays fp64) with the banned ids at -inf."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if banned_ids:
+        logits = logits.index_fill(-1, torch.as_tensor(banned_ids, device=logits.device), -math.inf)
+    return logits
 
 
 def unwrap(model):

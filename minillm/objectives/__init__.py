@@ -9,7 +9,7 @@ the token-level objectives) a batch holds, so the loop can divide by the count o
 
 from __future__ import annotations
 
-from .base import Objective, ObjectiveOutput
+from .base import Objective, ObjectiveOutput, Processes
 from .kd import KDObjective
 from .minillm import MiniLLMObjective
 from .seqkd import SeqKDObjective
@@ -25,4 +25,4 @@ def build_objective(name: str, config, adapter, load_frozen_model=None) -> Objec
     return OBJECTIVES[name](config, adapter, load_frozen_model)
 
 
-__all__ = ["OBJECTIVES", "Objective", "ObjectiveOutput", "build_objective"]
+__all__ = ["OBJECTIVES", "Objective", "ObjectiveOutput", "Processes", "build_objective"]

@@ -8,7 +8,7 @@ import torch
 
 from ..divergences import DIVERGENCES
 from ..losses import token_cross_entropy
-from ..models.adapter import IGNORE_INDEX
+from ..models.base import IGNORE_INDEX
 from .base import Objective, ObjectiveOutput
 
 # --kd-loss -> the flag that sets its weight and the divergence's keyword for it

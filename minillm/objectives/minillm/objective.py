@@ -1,10 +1,11 @@
-"""MiniLLM for encoder-decoder students (``--type minillm``): reverse-KL policy-gradient distillation.
+"""MiniLLM (``--type minillm``): reverse-KL policy-gradient distillation.
 
-The objective has two halves, which the engine calls at different times:
+The objective has two halves, which its batch source (:class:`~minillm.objectives.minillm.batches.RolloutBatches`,
+from :meth:`MiniLLMObjective.batch_source`) and the loop call at different times:
 
 - :meth:`MiniLLMObjective.collect` (once per rollout collection, no gradient): sample targets for a list of prompt
-  batches with :func:`minillm.rollouts.sample_rollouts` (student and frozen teacher decoding together, teacher-mixed),
-  then compute per-token rewards, returns and advantages once, from the recorded log-probs. The teacher is not run
+  batches with :func:`~minillm.objectives.minillm.rollouts.sample_rollouts` (student and frozen teacher decoding
+  together, teacher-mixed), then compute per-token rewards, returns and advantages once, from the recorded log-probs. The teacher is not run
   again: everything the loss needs from it was recorded while sampling (1 teacher pass per rollout sample).
 - :meth:`MiniLLMObjective.__call__` (every PPO micro-batch): one teacher-forced student pass over stored rollouts
   (and, with ``--lm-coef`` > 0, over a gold batch) gives the loss below.
@@ -54,18 +55,22 @@ import dataclasses
 
 import torch
 
-from ..divergences import coarsen, reverse_kl
-from ..losses import token_cross_entropy
-from ..policy_gradient import k3_reverse_kl, masked_whiten, ppo_token_losses, returns, token_rewards
-from ..rollouts import Rollouts, SamplingSettings, policy_log_probs, sample_rollouts
-from .base import Objective, ObjectiveOutput
+from ...data.seq2seq import Seq2SeqExamples
+from ...divergences import coarsen, reverse_kl
+from ...engine.batches import Prompts, SupervisedBatches, prompt_batches
+from ...engine.distributed import all_reduce_sum
+from ...losses import token_cross_entropy
+from ..base import Objective, ObjectiveOutput, Processes
+from .batches import RolloutBatches
+from .policy_gradient import k3_reverse_kl, masked_whiten, ppo_token_losses, returns, token_rewards
+from .rollouts import Rollouts, SamplingSettings, policy_log_probs, sample_rollouts
 
 
 class MiniLLMObjective(Objective):
     """See the module docstring."""
 
-    on_policy = True
     uses_dropout = False  # the reference samples and trains in eval mode: log q_theta = log q_old at the first step
+    evaluate_at_start = True  # where the policy starts: logged, not a candidate for best/
 
     def __init__(self, config, adapter, load_frozen_model):
         super().__init__(config, adapter)
@@ -73,9 +78,27 @@ class MiniLLMObjective(Objective):
         self.sampling = SamplingSettings(
             max_new_tokens=config.rollout_max_new_tokens, alpha=config.teacher_mixed_alpha,
             temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-            banned_ids=(adapter.pad_token_id,))
+            banned_ids=adapter.banned_ids)
         self.frozen_models = [self.teacher]
         self.teacher_topk = config.teacher_topk
+
+    # -------------------------------------------------------------------------------------- training data
+
+    def batch_source(self, model, config, processes: Processes) -> RolloutBatches:
+        """Rollouts sampled from the prompts of ``--prompt-data-dir`` (default ``--data-dir``), with gold pairs of
+        ``--lm-data-dir`` for the LM term when it is given."""
+        prompts = Prompts(config.prompt_data_dir or config.data_dir, config.train_round, "train",
+                          config.max_prompt_length)
+        lm = None
+        if config.lm_data_dir is not None:
+            lm = SupervisedBatches(Seq2SeqExamples(config.lm_data_dir, config.train_round, "train",
+                                                   config.max_prompt_length, config.max_target_length),
+                                   config.batch_size, config.grad_acc, processes.rank, processes.world_size,
+                                   config.seed, config.bucket_window, self.adapter.pad_token_id)
+            if lm.steps_per_epoch == 0:
+                raise ValueError(f"--lm-data-dir {config.lm_data_dir}: {len(lm.examples)} training examples in round "
+                                 f"{config.train_round}, fewer than one global batch ({lm.global_batch_size})")
+        return RolloutBatches(self, model, prompts, lm, config, processes)
 
     # -------------------------------------------------------------------------------------- rollout collection
 
@@ -98,9 +121,8 @@ class MiniLLMObjective(Objective):
         ``(store, stats)``: the store holds the :class:`Rollouts` plus rewards, advantages and weights ``[N, T]``;
         stats are sums over this process's rollouts (reward, rev_kl_k3, mixed_length, sequences, tokens) for the
         engine to reduce and log."""
-        parts = [sample_rollouts(model, self.teacher, b["input_ids"], b["attention_mask"], self.sampling,
-                                 self.adapter.decoder_start_token_id, self.adapter.eos_token_id,
-                                 self.adapter.pad_token_id, generator, self.teacher_topk, all_done)
+        parts = [sample_rollouts(model, self.teacher, b["input_ids"], b["attention_mask"], self.sampling, self.adapter,
+                                 generator, self.teacher_topk, all_done)
                  for b in prompt_batches]
         rollouts = Rollouts.concatenate(parts, self.adapter.pad_token_id)
         rewards, advantages, weights = self.advantages(rollouts, all_reduce_sum)
@@ -166,6 +188,33 @@ class MiniLLMObjective(Objective):
 
     # -------------------------------------------------------------------------------------- evaluation
 
+    def extra_evaluation(self, model, config, processes: Processes) -> dict:
+        """:meth:`evaluation_metrics` on student-only samples for this rank's share of the evaluation prompts (the
+        first --eval-max-examples of each round, cut to a multiple of the process count so that every rank samples
+        as many batches), summed over ranks and averaged per sequence. The same prompts and draws each time (the
+        generator is seeded with --seed); the model is sampled in eval mode and returned to its mode."""
+        prompts = []
+        for round_name in config.eval_rounds:
+            shard = Prompts(config.data_dir, round_name, config.eval_split, config.max_prompt_length)
+            prompts += [shard[i] for i in range(min(len(shard), config.eval_max_examples or len(shard)))]
+        mine = prompts[: len(prompts) // processes.world_size * processes.world_size][
+            processes.rank::processes.world_size]
+        generator = torch.Generator(device=processes.device).manual_seed(config.seed)
+        was_training = model.training
+        model.eval()
+        with processes.sampling.gathered():
+            sums = self.evaluation_metrics(model, prompt_batches(mine, config.chunk_size, self.adapter.pad_token_id,
+                                                                 processes.device),
+                                           generator, processes.sampling.all_done)
+        model.train(was_training)
+        names = sorted(sums)
+        totals = dict(zip(names, all_reduce_sum([sums[k] for k in names], processes.device)))
+        sequences = max(totals.pop("sequences"), 1.0)
+        return {**{k: v / sequences for k, v in totals.items()}, "sequences": int(sequences)}
+
+    def extra_summary(self, figures: dict) -> str:
+        return f"rev_kl {figures['rev_kl']:.3f}, len {figures['student_length']:.2f}"
+
     @torch.no_grad()
     def evaluation_metrics(self, model, prompt_batches: list[dict], generator: torch.Generator | None = None,
                            all_done=None) -> dict:
@@ -175,9 +224,8 @@ class MiniLLMObjective(Objective):
         settings = dataclasses.replace(self.sampling, alpha=0.0)
         sums = {"rev_kl": 0.0, "reward": 0.0, "student_length": 0.0, "sequences": 0.0}
         for b in prompt_batches:
-            rollouts = sample_rollouts(model, self.teacher, b["input_ids"], b["attention_mask"], settings,
-                                       self.adapter.decoder_start_token_id, self.adapter.eos_token_id,
-                                       self.adapter.pad_token_id, generator, all_done=all_done)
+            rollouts = sample_rollouts(model, self.teacher, b["input_ids"], b["attention_mask"], settings, self.adapter,
+                                       generator, all_done=all_done)
             mask = rollouts.mask
             log_ratio = (rollouts.old_logprobs - rollouts.teacher_logprobs).masked_fill(~mask, 0.0)
             lengths = mask.sum(-1)

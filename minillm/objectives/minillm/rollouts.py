@@ -1,10 +1,10 @@
-"""On-policy rollouts for encoder-decoder students: two models decoding together, and what the loss needs from them.
+"""On-policy rollouts: two models (student and teacher) decoding together, and what the loss needs from them.
 
-:func:`sample_rollouts` encodes the prompts once with **each model's own encoder** (a teacher decoder never sees the
-student's encoder states: widths may differ, and equal widths would make the mistake silent), then steps both
-decoders together, each with its own key-value cache. At step t, with the student's processed distribution
-q_old(. | y_<t, x) (temperature, top-k / top-p as a keep-set, the banned ids removed) and the teacher's p, the next
-token is drawn from the teacher-mixed distribution
+:func:`sample_rollouts` starts one decoding state per model (``adapter.start_decoding``: for an encoder-decoder,
+**each model's own encoder** runs once over the prompts, so a teacher decoder never sees the student's encoder
+states), then steps both together (``adapter.decode_step``), each with its own key-value cache. At step t, with
+the student's processed distribution q_old(. | y_<t, x) (temperature, top-k / top-p as a keep-set, the banned ids
+removed) and the teacher's p, the next token is drawn from the teacher-mixed distribution
 
     m_t = (1 - alpha) q_old + alpha p~,
 
@@ -17,12 +17,13 @@ term: in full, or with ``teacher_topk = K`` as its K most likely tokens plus one
 :func:`minillm.divergences.coarsen`), so that the frozen teacher runs exactly once per rollout. Sequences stop at
 EOS (kept as a target token) and are padded with -100 after it.
 
-Targets are stored as the adapter's labels: y_1..y_T **without** the decoder start token, which the adapter adds
-exactly once when they are fed back; :func:`policy_log_probs` on teacher-forced logits of the stored targets gives
-back the recorded log q_old (tests/test_rollouts.py).
+Targets are stored as the adapter's labels: y_1..y_T **without** what starts a target (T5: the decoder start
+token), which the adapter adds exactly once when they are fed back; :func:`policy_log_probs` on teacher-forced
+logits of the stored targets gives back the recorded log q_old (tests/test_rollouts.py).
 
-The pad id is banned from both models (a -inf logit) in sampling, scoring and the token-level KL: it is the
-decoder start and the padding, never a target, and one support for every distribution keeps the math exact.
+The adapter's banned ids (T5: the pad id, which is the decoder start and the padding, never a target) are banned
+from both models (a -inf logit, ``settings.banned_ids``) in sampling, scoring and the token-level KL: one support
+for every distribution keeps the math exact.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .divergences import coarsen
-from .models.adapter import IGNORE_INDEX
+from ...divergences import coarsen
+from ...models.base import IGNORE_INDEX, ban
 
 
 @dataclass(frozen=True)
@@ -115,14 +116,6 @@ class Rollouts:
         return Rollouts(**values)
 
 
-def ban(logits: torch.Tensor, banned_ids) -> torch.Tensor:
-    """``logits`` in fp32 (fp64 stays fp64) with the banned ids at -inf."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    if banned_ids:
-        logits = logits.index_fill(-1, torch.as_tensor(banned_ids, device=logits.device), -math.inf)
-    return logits
-
-
 def keep_set(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Tokens kept by top-k, then top-p (the smallest set of most likely tokens with mass >= top_p; the most likely
     token always stays), from already temperature-scaled and banned fp32 logits; bool, same shape."""
@@ -149,34 +142,26 @@ def policy_log_probs(logits: torch.Tensor, settings: SamplingSettings,
     return torch.log_softmax(logits, dim=-1)
 
 
-def _unwrap(model):
-    """The Hugging Face model inside a DeepSpeed engine (engines forward calls, but not ``get_encoder``)."""
-    return getattr(model, "module", model)
-
-
 @torch.no_grad()
 def sample_rollouts(student, teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    settings: SamplingSettings, decoder_start_token_id: int, eos_token_id: int, pad_token_id: int,
-                    generator: torch.Generator | None = None, teacher_topk: int = 0, all_done=None) -> Rollouts:
+                    settings: SamplingSettings, adapter, generator: torch.Generator | None = None,
+                    teacher_topk: int = 0, all_done=None) -> Rollouts:
     """Sample one target per prompt from the teacher-mixed distribution (module docstring); both models in their
-    current mode (the caller puts the student in eval mode: MiniLLM samples and trains without dropout).
+    current mode (the caller puts the student in eval mode: MiniLLM samples and trains without dropout), each
+    stepped through ``adapter.decode_step`` with its own decoding state.
     ``teacher_topk`` > 0 keeps the teacher's distributions as top-k plus remainder (module docstring).
     ``all_done(done)`` says whether decoding may stop (default: every sequence of the batch has ended); processes
     whose models gather ZeRO-3 parameters at every call pass one that waits for every process."""
-    batch = input_ids.shape[0]
-    encoded = {name: _unwrap(model).get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
-               for name, model in (("student", student), ("teacher", teacher))}
-    caches = {"student": None, "teacher": None}
-    token = torch.full((batch, 1), decoder_start_token_id, dtype=torch.long, device=input_ids.device)
-    done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    models = {"student": student, "teacher": teacher}
+    states = {name: adapter.start_decoding(model, input_ids, attention_mask) for name, model in models.items()}
+    tokens = None  # the first step feeds what starts a target (T5: the decoder start token)
+    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     log_1m_alpha, log_alpha = math.log1p(-settings.alpha), math.log(settings.alpha) if settings.alpha > 0 else None
     columns: dict[str, list] = {k: [] for k in ("labels", "old", "teacher", "mixed", "dist", "ids", "keep")}
     for _ in range(settings.max_new_tokens):
         logits = {}
-        for name, model in (("student", student), ("teacher", teacher)):
-            out = model(encoder_outputs=encoded[name], attention_mask=attention_mask, decoder_input_ids=token,
-                        cache=caches[name], use_cache=True)
-            caches[name], logits[name] = out.cache, out.logits[:, -1]
+        for name, model in models.items():
+            logits[name], states[name] = adapter.decode_step(model, states[name], tokens)
         keep = None
         if settings.cuts:
             keep = keep_set(ban(logits["student"], settings.banned_ids) / settings.temperature, settings.top_k,
@@ -201,10 +186,10 @@ def sample_rollouts(student, teacher, input_ids: torch.Tensor, attention_mask: t
             columns["dist"].append(teacher_log)
         if keep is not None:
             columns["keep"].append(keep)
-        done = done | (sampled == eos_token_id)
+        done = done | (sampled == adapter.eos_token_id)
         if all_done(done) if all_done is not None else bool(done.all()):
             break
-        token = sampled.masked_fill(done, pad_token_id).unsqueeze(-1)
+        tokens = sampled.masked_fill(done, adapter.pad_token_id)
     return Rollouts(input_ids=input_ids, attention_mask=attention_mask,
                     labels=torch.stack(columns["labels"], 1), old_logprobs=torch.stack(columns["old"], 1),
                     teacher_logprobs=torch.stack(columns["teacher"], 1),

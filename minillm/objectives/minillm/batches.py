@@ -1,0 +1,99 @@
+"""MiniLLM's batch source: micro-batches of stored on-policy rollouts, collected with the current student."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ...engine.batches import SupervisedBatches, prompt_batches
+from ...engine.distributed import all_reduce_sum, all_reduce_sum_
+
+
+class RolloutBatches:
+    """On-policy micro-batches for MiniLLM (the batch-source interface of :mod:`minillm.engine.batches`).
+
+    Collection c (at step ``c x steps_per_collection``): the global prompt stream (the prompts reshuffled each pass
+    with the seed) yields ``num_rollouts`` prompts, of which this rank takes every ``world_size``-th; the objective
+    samples a rollout for each, in sampling batches of ``chunk_size`` prompts, with the student in its training
+    mode, inside the engine's sampling scope (``processes.sampling``: under ZeRO-3 the parameters gathered once,
+    or decoding in lockstep). Then ``ppo_epochs`` passes over the store, each a fresh shuffle cut into global
+    batches of ``batch_size x grad_acc`` per process, each micro-batch made by the objective's ``micro_batch``
+    (which, with ``--whiten-scope micro-batch``, whitens its advantages with an all-reduce: every process forms the
+    same number of micro-batches in the same order, so the calls pair up). With ``lm`` (a
+    :class:`SupervisedBatches` over gold pairs) each micro-batch carries a gold batch under ``"lm"``.
+    """
+
+    def __init__(self, objective, model, prompts, lm: SupervisedBatches | None, config, processes):
+        self.objective, self.model, self.prompts, self.lm = objective, model, prompts, lm
+        self.config, self.processes = config, processes
+        self.rank, self.world_size = processes.rank, processes.world_size
+        if config.num_rollouts % self.world_size:
+            raise ValueError(f"--num-rollouts {config.num_rollouts} is not a multiple of the {self.world_size} "
+                             "processes")
+        self.per_rank = config.num_rollouts // self.world_size
+        self.batches_per_epoch = self.per_rank // (config.batch_size * config.grad_acc)
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"--num-rollouts {config.num_rollouts}: {self.per_rank} per process, fewer than one "
+                             f"step's --batch-size x --grad-acc ({config.batch_size * config.grad_acc})")
+        self.steps_per_epoch = config.ppo_epochs * self.batches_per_epoch  # steps per collection
+        self._collection, self._store, self._stats = -1, None, None
+
+    @property
+    def data_summary(self) -> str:
+        return f"{len(self.prompts)} prompts ({self.prompts.round_name})"
+
+    def describe(self) -> str:
+        c = self.config
+        return (f"rollouts: {c.num_rollouts} per collection ({self.per_rank} per process, sampled {c.chunk_size} "
+                f"at a time), {c.ppo_epochs} PPO epochs = {self.steps_per_epoch} steps per collection"
+                + self.processes.sampling.describe()
+                + (", LM term on gold pairs" if self.lm is not None else ""))
+
+    def _prompt_indices(self, collection: int) -> list[int]:
+        """Positions ``collection x num_rollouts + rank``, ``+ world_size``, ... of the prompt stream: pass e over
+        the prompts is the permutation seeded with ``(seed, e)``."""
+        n, start = len(self.prompts), collection * self.config.num_rollouts
+        passes: dict[int, np.ndarray] = {}
+        out = []
+        for j in range(start + self.rank, start + self.config.num_rollouts, self.world_size):
+            if j // n not in passes:
+                passes[j // n] = np.random.default_rng([self.config.seed, j // n]).permutation(n)
+            out.append(int(passes[j // n][j % n]))
+        return out
+
+    def _collect(self, collection: int) -> None:
+        prompts = [self.prompts[i] for i in self._prompt_indices(collection)]
+        device = self.processes.device
+        batches = prompt_batches(prompts, self.config.chunk_size, self.objective.adapter.pad_token_id, device)
+        generator = torch.Generator(device=device).manual_seed(
+            int(np.random.default_rng([self.config.seed, collection, self.rank]).integers(2**62)))
+        sampling = self.processes.sampling
+        with sampling.gathered():
+            self._store, stats = self.objective.collect(self.model, batches, generator, all_reduce_sum_,
+                                                        sampling.all_done)
+        names = sorted(stats)
+        totals = dict(zip(names, all_reduce_sum([stats[k] for k in names], device)))
+        sequences = max(totals.pop("sequences"), 1.0)
+        tokens = totals.pop("tokens")
+        self._stats = {**{k: v / sequences for k, v in totals.items()}, "rollouts": int(sequences),
+                       "tokens": int(tokens), "collection": collection}
+        self._collection = collection
+
+    def micro_batches(self, step: int) -> list[dict]:
+        collection, position = divmod(step, self.steps_per_epoch)
+        if collection != self._collection:
+            self._collect(collection)
+        ppo_epoch, k = divmod(position, self.batches_per_epoch)
+        order = np.random.default_rng([self.config.seed, collection, ppo_epoch, self.rank]).permutation(self.per_rank)
+        size = self.config.batch_size
+        rows = order[k * size * self.config.grad_acc:(k + 1) * size * self.config.grad_acc]
+        batches = [self.objective.micro_batch(self._store, rows[g * size:(g + 1) * size], all_reduce_sum_)
+                   for g in range(self.config.grad_acc)]
+        if self.lm is not None:
+            for batch, gold in zip(batches, self.lm.micro_batches(step)):
+                batch["lm"] = gold
+        return batches
+
+    def pop_stats(self) -> dict | None:
+        stats, self._stats = self._stats, None
+        return stats

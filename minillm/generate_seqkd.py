@@ -2,21 +2,30 @@
 
     torchrun [launcher flags] --module minillm.generate_seqkd --model-path TEACHER --data-dir GOLD --out-dir GEN
 
-(``t5-scripts/tools/generate_data_seqkd.sh`` wraps it through ``launch_module``; plain ``python -m`` runs one
-process, the ``deepspeed`` launcher several nodes.)
+(``t5-scripts/tools/generate_data_seqkd.sh`` and ``scripts/{gpt2,opt,llama}/tools/generate_data_seqkd.sh`` wrap it
+through ``launch_module``; plain ``python -m`` runs one process, the ``deepspeed`` launcher several nodes.)
 
-Input: a processed gold data folder (``process_data_anli.sh``): prompts from its ``prompt/{round}/{split}`` shards,
-exactly the ids a student is trained on, and the examples' records from ``text/{round}/{split}.jsonl`` (same order).
+Input: a processed gold data folder (``process_data_anli.sh`` or ``process_data_dolly.sh``), for any model family
+(the teacher's adapter, :func:`minillm.models.adapter_for`, generates). ``--rounds`` are rounds its ``meta.json``
+lists (default: all of them but the concatenated ``all``; ANLI r1 r2 r3, Dolly dolly). Prompts come from its
+``prompt/{round}/{split}`` shards, exactly the ids a student is trained on (causal: without EOS; T5: ending in it);
+the examples' records, in the same order, from ``text/{round}/{split}.jsonl`` for ANLI (its premise and hypothesis,
+which the SeqKD shards re-cut from) and from ``prompt/{round}/{split}.jsonl`` otherwise (Dolly's text stage also
+holds the examples dropped for their prompt length).
 Work: the prompts are dealt out to the processes (strided: process k takes items k, k + P, ...), each process sorts
 its share by length and generates in batches (greedy, or sampling with temperature / top-k / top-p and
 ``--num-samples`` outputs per prompt), and the outputs are gathered on process 0, which writes
 ``OUT_DIR/{round}/{split}.jsonl`` and ``OUT_DIR/meta.json`` (into a temporary folder, renamed when complete).
 
-Each output record keeps the gold record's fields (uid, round, premise, hypothesis, label, reason, prompt, options)
-with ``target`` set to the teacher's output text, and adds ``target_ids`` (the teacher's token ids, exactly as
-generated, EOS included when it stopped; never a banned id such as T5's pad, which the adapter's ``generate``
-suppresses), ``gold_target``, ``sample`` (0 .. n-1), ``finished`` (it stopped at EOS within ``--max-new-tokens``)
-and ``teacher_answer`` (the option its text states, parsed as in evaluation, or None).
+Each output record keeps the gold record's fields (ANLI: uid, round, premise, hypothesis, label, reason, prompt,
+options; Dolly: uid, round, prompt, label null, options [], instruction, context, category) with ``target`` set to
+the teacher's output text, and adds ``target_ids`` (the teacher's token ids, exactly as generated: ending in EOS when
+it stopped within ``--max-new-tokens``, else the ``--max-new-tokens`` ids it had; never a banned id such as T5's pad
+or OPT's, which the adapter's ``generate`` suppresses; GPT-2's pad is its EOS and stays allowed), ``gold_target``,
+``sample`` (0 .. n-1), ``finished`` (it stopped at EOS) and, for a record with options, ``teacher_answer`` (the
+option its text states, parsed as in evaluation, or None). ``meta.json`` holds the settings, the adapter's
+``banned_ids``, the counts ``outputs`` and ``unfinished``, and ``unparsed`` / ``agree_with_gold`` (teacher answers
+that match the gold label), which are null for data without options (Dolly).
 ``process_pseudo_data_seqkd.sh`` turns the folder into training shards whose targets are those ids.
 """
 
@@ -34,7 +43,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .data.anli import ROUNDS
 from .data.indexed_dataset import ShardedIndexedDataset
+from .data.process import ALL_ROUNDS
 from .data.seq2seq import collate_prompts, read_meta
 from .engine.distributed import device_for, init_distributed
 from .evaluation import parse_answer
@@ -42,12 +53,13 @@ from .folders import replace_folder
 from .models import IGNORE_INDEX, adapter_for, load_model, load_tokenizer
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Generate SeqKD targets: the teacher's output for every prompt.")
     p.add_argument("--model-path", required=True, help="teacher checkpoint (hub name or folder)")
-    p.add_argument("--data-dir", required=True, help="processed gold data (output of process_data_anli.sh)")
+    p.add_argument("--data-dir", required=True,
+                   help="processed gold data (output of process_data_anli.sh or process_data_dolly.sh)")
     p.add_argument("--out-dir", required=True, help="where {round}/{split}.jsonl and meta.json are written")
-    p.add_argument("--rounds", nargs="+", default=["r1", "r2", "r3"], choices=("r1", "r2", "r3"))
+    p.add_argument("--rounds", nargs="+", help="rounds of --data-dir's meta.json (default: all but 'all')")
     p.add_argument("--split", default="train")
     p.add_argument("--batch-size", type=int, default=32, help="prompts per generate call per process")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -59,6 +71,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
                    help="auto: bf16 on a GPU that has it, else fp32")
     p.add_argument("--seed", type=int, default=42, help="sampling seed; process k uses seed + k")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """:func:`build_parser`'s arguments, with the checks that need no files (the rounds are checked against the
+    data folder in :func:`resolve_rounds`)."""
+    p = build_parser()
     args = p.parse_args(argv)
     problems = []
     if args.batch_size < 1 or args.max_new_tokens < 1 or args.num_samples < 1:
@@ -72,20 +91,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def resolve_rounds(requested, gold_meta: dict, data_dir: Path) -> list[str]:
+    """``requested`` (None: every round) checked against the rounds of the data folder's ``meta.json`` less the
+    concatenated ``all``, which has no records of its own (a folder whose meta.json lists no rounds is ANLI's, from
+    before it did); a ValueError naming ``--rounds`` for one it does not hold."""
+    available = [r for r in gold_meta.get("rounds", ROUNDS) if r != ALL_ROUNDS]
+    unknown = [r for r in requested or [] if r not in available]
+    if unknown:
+        raise ValueError(f"--rounds {' '.join(unknown)}: not a round of --data-dir {data_dir} "
+                         f"(its rounds: {' '.join(available)})")
+    return list(requested or available)
+
+
+def records_path(data_dir: Path, task: str, round_name: str, split: str) -> Path:
+    """Where the records of the prompts of ``prompt/{round}/{split}`` are (module docstring)."""
+    return data_dir / ("text" if task == "anli" else "prompt") / round_name / f"{split}.jsonl"
+
+
 def load_prompts(data_dir: Path, rounds, split: str) -> list[tuple[dict, np.ndarray]]:
-    """(gold text record, prompt ids) of every example of ``split`` in ``rounds``, rounds in the order given."""
+    """(gold record, prompt ids) of every example of ``split`` in ``rounds``, rounds in the order given."""
+    task = read_meta(data_dir).get("task", "anli")
     items = []
     for round_name in rounds:
-        text_path = data_dir / "text" / round_name / f"{split}.jsonl"
+        text_path = records_path(data_dir, task, round_name, split)
         if not text_path.is_file():
-            raise FileNotFoundError(f"{text_path}: missing; --data-dir must be a folder processed by "
-                                    f"process_data_anli.sh with a {split} split in round {round_name}")
+            raise FileNotFoundError(f"{text_path}: missing; --data-dir must be a processed {task} folder with a "
+                                    f"{split} split in round {round_name}")
         with open(text_path, encoding="utf-8") as f:
             records = [json.loads(line) for line in f if line.strip()]
         prompts = ShardedIndexedDataset(data_dir / "prompt" / round_name, split)
         if len(prompts) != len(records):
             raise ValueError(f"{text_path}: {len(records)} records but prompt/{round_name}/{split} holds "
-                             f"{len(prompts)} items; rerun process_data_anli.sh")
+                             f"{len(prompts)} items; process --data-dir again")
         items += [(record, prompts[i].astype(np.int64)) for i, record in enumerate(records)]
     return items
 
@@ -111,18 +148,22 @@ def generate_share(model, adapter, prompts: list[np.ndarray], indices: list[int]
 
 
 def output_record(record: dict, ids: list[int], sample: int, tokenizer, eos_token_id: int) -> dict:
+    """The gold ``record`` with the teacher's output (module docstring); ``teacher_answer`` only with options."""
     text = tokenizer.decode(ids, skip_special_tokens=True)
     out = {key: value for key, value in record.items() if key != "target"}
     out.update(target=text, target_ids=ids, gold_target=record["target"], sample=sample,
-               finished=bool(ids) and ids[-1] == eos_token_id, teacher_answer=parse_answer(text, record["options"]))
+               finished=bool(ids) and ids[-1] == eos_token_id)
+    if record["options"]:
+        out["teacher_answer"] = parse_answer(text, record["options"])
     return out
 
 
 def write_outputs(out_dir: Path, items, outputs: dict, split: str, meta: dict, tokenizer, eos_token_id: int) -> dict:
     """Rank 0: the records per round, then meta.json, in a temporary folder renamed into place
     (:func:`minillm.folders.replace_folder`: the previous output is moved aside first and removed last).
-    Returns the figures added to meta (counts, unfinished outputs, teacher answers that match the gold label). An
-    OSError leaves no temporary folder behind."""
+    Returns meta with the figures added (counts, unfinished outputs, and for records with options the unparsed
+    answers and those that match the gold label; None for data without options). An OSError leaves no temporary
+    folder behind."""
     staging = out_dir.parent / f".{out_dir.name}.tmp"
     if staging.exists():
         shutil.rmtree(staging)
@@ -138,6 +179,7 @@ def write_outputs(out_dir: Path, items, outputs: dict, split: str, meta: dict, t
 def _write_staging(staging: Path, items, outputs: dict, split: str, meta: dict, tokenizer, eos_token_id: int) -> dict:
     """``staging/{round}/{split}.jsonl`` and ``staging/meta.json``; returns meta with the counts added."""
     files, stats = {}, {"outputs": 0, "unfinished": 0, "unparsed": 0, "agree_with_gold": 0}
+    with_options = 0
     for i, (record, _) in enumerate(items):
         if record["round"] not in files:
             (staging / record["round"]).mkdir(parents=True)
@@ -147,10 +189,14 @@ def _write_staging(staging: Path, items, outputs: dict, split: str, meta: dict, 
             files[record["round"]].write(json.dumps(out, ensure_ascii=False) + "\n")
             stats["outputs"] += 1
             stats["unfinished"] += not out["finished"]
-            stats["unparsed"] += out["teacher_answer"] is None
-            stats["agree_with_gold"] += out["teacher_answer"] == record["label"]
+            if "teacher_answer" in out:
+                with_options += 1
+                stats["unparsed"] += out["teacher_answer"] is None
+                stats["agree_with_gold"] += out["teacher_answer"] == record["label"]
     for f in files.values():
         f.close()
+    if not with_options:
+        stats.update(unparsed=None, agree_with_gold=None)
     meta = {**meta, **stats}
     (staging / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
@@ -169,7 +215,8 @@ def main(argv=None) -> int:
         if not os.access(out_dir.parent, os.W_OK):
             raise ValueError(f"--out-dir {out_dir}: {out_dir.parent} is not writable")
         gold_meta = read_meta(data_dir)
-        items = load_prompts(data_dir, args.rounds, args.split)
+        rounds = resolve_rounds(args.rounds, gold_meta, data_dir)
+        items = load_prompts(data_dir, rounds, args.split)
         dtype = args.dtype
         if dtype == "auto":
             dtype = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -189,7 +236,7 @@ def main(argv=None) -> int:
 
     mine = list(range(rank, len(items), world_size))
     if rank == 0:
-        print(f"generate_seqkd: {len(items)} prompts ({' '.join(args.rounds)}/{args.split}) over {world_size} "
+        print(f"generate_seqkd: {len(items)} prompts ({' '.join(rounds)}/{args.split}) over {world_size} "
               f"process(es), {args.decoding}, {args.num_samples} output(s) each, {dtype}, teacher {args.model_path}",
               flush=True)
     started = time.perf_counter()
@@ -207,8 +254,9 @@ def main(argv=None) -> int:
             merged.update(part)
         if sorted(merged) != list(range(len(items))) or sum(map(len, gathered)) != len(items):
             raise RuntimeError("generate_seqkd: the processes' outputs do not cover every prompt exactly once")
-        meta = {"teacher": args.model_path, "data_dir": str(data_dir), "split": args.split, "rounds": args.rounds,
-                "tokenizer": gold_meta["tokenizer"], "vocab_size": gold_meta["vocab_size"],
+        meta = {"teacher": args.model_path, "data_dir": str(data_dir), "task": gold_meta.get("task", "anli"),
+                "split": args.split, "rounds": rounds, "tokenizer": gold_meta["tokenizer"],
+                "vocab_size": gold_meta["vocab_size"], "banned_ids": list(adapter.banned_ids),
                 "template": gold_meta["template"], "target": gold_meta["target"], "decoding": args.decoding,
                 "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
                 "num_samples": args.num_samples, "max_new_tokens": args.max_new_tokens, "dtype": dtype,
@@ -222,9 +270,11 @@ def main(argv=None) -> int:
             status = 2
         else:
             seconds = time.perf_counter() - started
+            answers = "" if meta["agree_with_gold"] is None else (
+                f", {meta['unparsed']} unparsed, teacher answer = gold label for "
+                f"{100.0 * meta['agree_with_gold'] / meta['outputs']:.1f}%")
             print(f"generate_seqkd: {meta['outputs']} outputs in {seconds:.1f}s ({len(items) / seconds:.1f} "
-                  f"prompts/s); {meta['unfinished']} without EOS, {meta['unparsed']} unparsed, teacher answer = gold "
-                  f"label for {100.0 * meta['agree_with_gold'] / meta['outputs']:.1f}% -> {out_dir}", flush=True)
+                  f"prompts/s); {meta['unfinished']} without EOS{answers} -> {out_dir}", flush=True)
     if world_size > 1:
         dist.barrier()  # every rank waits for rank 0's writing, failed or not
     return status

@@ -45,7 +45,7 @@ import numpy as np
 
 from ..folders import replace_folder
 from .anli import ROUNDS, SPLITS, DataError, load_raw, read_jsonl_objects
-from .indexed_dataset import best_fitting_dtype, separator_id, write_indexed_dataset
+from .indexed_dataset import ShardedIndexedDataset, best_fitting_dtype, separator_id, write_indexed_dataset
 from .templates import TARGET_KINDS, get_template
 
 ALL_ROUNDS = "all"
@@ -104,19 +104,22 @@ PSEUDO_FIELDS = ("uid", "round", "prompt", "target", "target_ids", "label", "opt
 
 
 def build_pseudo_text(generated_dir: Path, gold_dir: Path, out_dir: Path) -> dict:
-    """SeqKD text, left in :func:`staged_text_dir` for :func:`build_shards` to publish: a ``text/`` whose training
-    split is the teacher's outputs from ``generated_dir`` (written by ``minillm.generate_seqkd``, with their
-    ``target_ids``) and whose other splits are copies of ``gold_dir/text``, so that the shards built from it train on
-    the teacher's targets and evaluate on the gold ones. Every generated record is checked, and the generation must
-    come from ``gold_dir``'s tokenizer and template. Returns the number of examples per round/split."""
+    """SeqKD text, left in :func:`staged_text_dir` for the shard stage to publish (:func:`build_shards` for ANLI,
+    :func:`build_pseudo_shards` otherwise): a ``text/`` whose generated split (``train``) is the teacher's outputs
+    from ``generated_dir`` (written by ``minillm.generate_seqkd``, with their ``target_ids``) and whose other splits
+    are copies of ``gold_dir/text``, for every round of ``gold_dir`` (ANLI r1-r3, Dolly ``dolly``), so that the
+    shards built from it train on the teacher's targets and evaluate on the gold ones. Every generated record is
+    checked, and the generation must come from ``gold_dir``'s tokenizer and template. ``text/meta.json`` is the gold
+    text's with ``train_targets: "teacher"``, ``teacher`` (the generation's settings) and ``teacher_split`` added.
+    Returns the number of examples per round/split."""
     gen_meta_path = generated_dir / "meta.json"
     if not gen_meta_path.is_file():
         raise DataError(f"{gen_meta_path}: missing; GEN_DIR must be an output folder of generate_data_seqkd.sh")
     gen_meta = json.loads(gen_meta_path.read_text())
     gold_text = gold_dir / "text"
     if not (gold_text / "meta.json").is_file():
-        raise DataError(f"{gold_text / 'meta.json'}: missing; DATA_DIR must be a folder processed by "
-                        "process_data_anli.sh (the gold data the teacher generated from)")
+        raise DataError(f"{gold_text / 'meta.json'}: missing; DATA_DIR must be a processed folder (the gold data "
+                        "the teacher generated from)")
     gold_meta = json.loads((gold_text / "meta.json").read_text())
     gold_shards = json.loads((gold_dir / "meta.json").read_text()) if (gold_dir / "meta.json").is_file() else {}
     for field, gold_value in (("template", gold_meta["template"]), ("tokenizer", gold_shards.get("tokenizer")),
@@ -129,7 +132,7 @@ def build_pseudo_text(generated_dir: Path, gold_dir: Path, out_dir: Path) -> dic
     if staging.exists():
         shutil.rmtree(staging)
     counts = {}
-    for round_name in ROUNDS:
+    for round_name in gold_rounds(gold_shards):
         for split in SPLITS:
             source = (generated_dir if split == pseudo_split else gold_text) / round_name / f"{split}.jsonl"
             if not source.is_file():
@@ -142,12 +145,19 @@ def build_pseudo_text(generated_dir: Path, gold_dir: Path, out_dir: Path) -> dic
             shutil.copyfile(source, staging / round_name / f"{split}.jsonl")
     if not any(key.endswith("/" + pseudo_split) for key in counts):
         raise DataError(f"{generated_dir}: no {{round}}/{pseudo_split}.jsonl files")
-    meta = {"raw_dir": gold_meta["raw_dir"], "template": gold_meta["template"], "target": gold_meta["target"],
+    meta = {**{k: v for k, v in gold_meta.items() if k != "examples"},
             "train_targets": "teacher", "teacher": {k: gen_meta[k] for k in (
                 "teacher", "decoding", "temperature", "top_k", "top_p", "num_samples", "max_new_tokens")},
-            "generated_dir": str(generated_dir), "gold_dir": str(gold_dir), "examples": counts}
+            "teacher_split": pseudo_split, "generated_dir": str(generated_dir), "gold_dir": str(gold_dir),
+            "examples": counts}
     (staging / "meta.json").write_text(json.dumps(meta, indent=1))
     return counts
+
+
+def gold_rounds(shards_meta: dict) -> list[str]:
+    """The rounds a processed folder holds records of: its ``meta.json``'s, less the concatenated ``all`` (a
+    ``meta.json`` without rounds is ANLI's, from before it listed them)."""
+    return [r for r in shards_meta.get("rounds", ROUNDS) if r != ALL_ROUNDS]
 
 
 def _check_pseudo_records(path: Path) -> int:
@@ -167,6 +177,77 @@ def _check_pseudo_records(path: Path) -> int:
     if count == 0:
         raise DataError(f"{path}: no records; regenerate it with generate_data_seqkd.sh")
     return count
+
+
+def build_pseudo_shards(out_dir: Path, gold_dir: Path) -> dict:
+    """SeqKD shards of a task other than ANLI (Dolly), from the text :func:`build_pseudo_text` staged, published
+    with it; returns the ``meta.json`` written: ``gold_dir``'s, with ``train_targets``, ``teacher`` and the
+    generated split's summary replaced.
+
+    Dolly's shards cannot be rebuilt from its text alone (processing dropped the long prompts and chose how each
+    target was encoded), so nothing is encoded again: an item of the generated split is the gold prompt ids of its
+    uid (``gold_dir/prompt/{round}/{split}``: causal prompts without EOS, T5's ending in EOS, as the data module
+    encodes them and the teacher read them), SEP and the teacher's ``target_ids`` exactly as generated (ending in EOS
+    unless the teacher was cut at ``--max-new-tokens``); its record is the gold record of that uid with ``target``
+    the teacher's text. The other splits' shards and records are copies of the gold ones, byte for byte. A
+    generated uid the gold split lacks, or a target id at or above the separator, is a :class:`DataError` naming
+    the line."""
+    text_dir = staged_text_dir(out_dir)
+    text_meta = json.loads((text_dir / "meta.json").read_text())
+    gold_meta = json.loads((gold_dir / "meta.json").read_text())
+    pseudo_split, dtype, sep = text_meta["teacher_split"], np.dtype(gold_meta["dtype"]), gold_meta["separator"]
+    staging = fresh_staging(out_dir)
+    splits = dict(gold_meta["splits"])
+    for round_name in gold_rounds(gold_meta):
+        for split in SPLITS:
+            if split != pseudo_split:
+                _copy_gold_split(gold_dir, staging, round_name, split)
+            elif (text_dir / round_name / f"{split}.jsonl").is_file():
+                tokenized = _teacher_split(text_dir / round_name / f"{split}.jsonl",
+                                           gold_dir / "prompt" / round_name, split, dtype, sep)
+                write_pairs(staging, round_name, split, tokenized, sep, gold_meta["shard_size"])
+                jsonl = staging / "full" / round_name / f"{split}.jsonl"
+                _write_jsonl(jsonl, tokenized.records)
+                shutil.copyfile(jsonl, staging / "prompt" / round_name / f"{split}.jsonl")
+                splits[f"{round_name}/{split}"] = split_summary(tokenized)
+            else:
+                splits.pop(f"{round_name}/{split}", None)
+    meta = {**gold_meta, "train_targets": "teacher", "teacher": text_meta["teacher"],
+            "generated_dir": text_meta["generated_dir"], "gold_dir": str(gold_dir), "splits": splits}
+    publish(out_dir, staging, meta, text_dir)
+    log(f"wrote {out_dir}: {pseudo_split} targets from the teacher, the other splits copied from {gold_dir}")
+    return meta
+
+
+def _copy_gold_split(gold_dir: Path, staging: Path, round_name: str, split: str) -> None:
+    """``gold_dir/{full,prompt}/{round}/{split}_{k}.bin/.idx`` and ``{split}.jsonl`` copied into ``staging``."""
+    for kind in ("full", "prompt"):
+        source = gold_dir / kind / round_name
+        (staging / kind / round_name).mkdir(parents=True, exist_ok=True)
+        for path in [source / f"{split}.jsonl", *source.glob(f"{split}_[0-9]*.bin"),
+                     *source.glob(f"{split}_[0-9]*.idx")]:
+            shutil.copyfile(path, staging / kind / round_name / path.name)
+
+
+def _teacher_split(path: Path, gold_prompt_dir: Path, split: str, dtype: np.dtype, sep: int) -> TokenizedSplit:
+    """The generated records of ``path`` (checked by :func:`_check_pseudo_records`) paired with the gold prompt ids
+    of their uids (see :func:`build_pseudo_shards`)."""
+    gold_records = _read_jsonl(gold_prompt_dir / f"{split}.jsonl")
+    gold_prompts = ShardedIndexedDataset(gold_prompt_dir, split)
+    index_of = {record["uid"]: i for i, record in enumerate(gold_records)}
+    records, prompt_ids, target_ids = [], [], []
+    for where, generated in read_jsonl_objects(path):
+        i = index_of.get(generated["uid"])
+        if i is None:
+            raise DataError(f"{where}: uid {generated['uid']} is not in {gold_prompt_dir / f'{split}.jsonl'}; "
+                            "generate from this DATA_DIR, or give the DATA_DIR GEN_DIR came from")
+        if generated["target_ids"] and max(generated["target_ids"]) >= sep:
+            raise DataError(f"{where}: target_ids hold an id >= the {dtype.name} separator {sep}; process DATA_DIR "
+                            "with DTYPE=int32")
+        records.append({**gold_records[i], "target": generated["target"]})
+        prompt_ids.append(gold_prompts[i])
+        target_ids.append(generated["target_ids"])
+    return TokenizedSplit.from_ids(records, prompt_ids, target_ids, dtype)
 
 
 # --------------------------------------------------------------------------------- shared: tokens and shards

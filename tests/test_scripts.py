@@ -51,7 +51,6 @@ PENDING = {
     "minillm.evaluate": [("--rounds", "dolly"), ("--seeds", None), ("--decoding", None), ("--temperature", None),
                          ("--top-k", None), ("--top-p", None), ("--no-repeat-ngram-size", None),
                          ("--max-prompt-length", None)],
-    "minillm.generate_seqkd": [("--rounds", "dolly")],
 }
 
 # validate() problems that depend on files a dry run does not have (see the module docstring).

@@ -1,15 +1,31 @@
-"""Tiny models and configurations shared by the MiniLLM tests."""
+"""Tiny models and configurations shared by the MiniLLM tests: Flan-T5's family and the decoder-only ones
+(GPT-2, OPT, LLaMA), with each family's special ids."""
 
 import math
 from types import SimpleNamespace
 
 import torch
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM,
+                          T5Config, T5ForConditionalGeneration)
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
-from minillm.models import Seq2SeqAdapter
+from minillm.models import ModelAdapter
+from minillm.models import adapter_for as family_adapter_for
+from minillm.models.tiny import CAUSAL_SPECIAL_TOKENS
 
 PAD, EOS = 0, 1
+
+FAMILIES = ("t5", "gpt2", "opt", "llama")
+# (pad, EOS, banned ids) of each family: T5's pad is its decoder start, never an output; GPT-2 pads with its EOS and
+# bans nothing (a sequence must be able to end); OPT's <pad> and LLaMA's <unk> (its pad) are never outputs.
+SPECIAL_IDS = {"t5": (PAD, EOS, (PAD,)), "gpt2": (0, 0, ()), "opt": (1, 2, (1,)), "llama": (0, 2, (0,))}
+
+
+def output_words(family: str, vocab_size: int) -> list[int]:
+    """The ids a target may hold besides EOS: neither banned nor EOS (LLaMA's BOS and OPT's <s> included)."""
+    _, eos, banned = SPECIAL_IDS[family]
+    return [i for i in range(vocab_size) if i != eos and i not in banned]
 
 
 class InputDtypeT5LayerNorm(T5LayerNorm):
@@ -45,6 +61,47 @@ def tiny_t5(vocab_size: int, d_model: int, seed: int, dtype=torch.float64, sharp
     return model
 
 
+class InputDtypeLlamaRMSNorm(LlamaRMSNorm):
+    """LLaMA's RMS norm in the input's dtype, for the same reason as :class:`InputDtypeT5LayerNorm` (transformers
+    rounds it through fp32); for fp32 inputs the two are the same computation."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+
+def tiny_causal(family: str, vocab_size: int, width: int, seed: int, dtype=torch.float64,
+                init_std: float = 0.2) -> torch.nn.Module:
+    """A random two-layer GPT-2, OPT or LLaMA with the family's special ids (those of
+    :data:`minillm.models.tiny.CAUSAL_SPECIAL_TOKENS`, which fit a vocabulary of 3 tokens or more), SDPA attention
+    (the eager kernels take the softmax in fp32), in eval mode and ``dtype`` end to end. Weights are drawn with
+    standard deviation ``init_std`` instead of the families' 0.02, which over a tiny vocabulary would give nearly
+    uniform distributions and no signal."""
+    special = CAUSAL_SPECIAL_TOKENS[family]["config"]
+    if family == "gpt2":
+        config = GPT2Config(vocab_size=vocab_size, n_layer=2, n_embd=width, n_head=2, n_inner=2 * width,
+                            n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                            initializer_range=init_std, **special)
+        model_class = GPT2LMHeadModel
+    elif family == "opt":
+        config = OPTConfig(vocab_size=vocab_size, num_hidden_layers=2, hidden_size=width, word_embed_proj_dim=width,
+                           num_attention_heads=2, ffn_dim=2 * width, max_position_embeddings=64, dropout=0.0,
+                           attention_dropout=0.0, init_std=init_std, **special)
+        model_class = OPTForCausalLM
+    else:
+        config = LlamaConfig(vocab_size=vocab_size, num_hidden_layers=2, hidden_size=width, num_attention_heads=2,
+                             num_key_value_heads=2, intermediate_size=2 * width, max_position_embeddings=64,
+                             attention_dropout=0.0, tie_word_embeddings=False, initializer_range=init_std, **special)
+        model_class = LlamaForCausalLM
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = model_class(config).to(dtype).eval()
+    for module in model.modules():
+        if isinstance(module, LlamaRMSNorm):
+            module.__class__ = InputDtypeLlamaRMSNorm  # same parameter, only the forward changes
+    return model
+
+
 def minillm_config(**overrides) -> SimpleNamespace:
     """MiniLLM settings in their unbiased configuration unless overridden."""
     values = dict(teacher_model_path="teacher", rollout_max_new_tokens=3, teacher_mixed_alpha=0.0, temperature=1.0,
@@ -73,5 +130,6 @@ def hand_keep(scaled_logits: torch.Tensor, top_k: int, top_p: float) -> torch.Te
     return keep
 
 
-def adapter_for(model) -> Seq2SeqAdapter:
-    return Seq2SeqAdapter.for_model(model)
+def adapter_for(model) -> ModelAdapter:
+    """The adapter the engine picks for ``model`` (from its config; special ids from the config too)."""
+    return family_adapter_for(model)

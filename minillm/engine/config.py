@@ -36,14 +36,14 @@ class TrainConfig:
     type: str = _flag("sft", "training objective", choices=tuple(OBJECTIVES))
     model_path: str = _flag(None, "student checkpoint: hub name or Hugging Face folder (required)")
     tokenizer_path: str = _flag(None, "tokenizer folder or hub name (default: --model-path)")
-    attn_implementation: str = _flag("auto", "attention kernel: auto (eager on CPU, where torch's SDPA has no fused "
-                                     "kernel for training with dropout and its fallback computes bf16 attention in "
-                                     "fp32; transformers' default, sdpa, elsewhere), eager or sdpa",
-                                     choices=("auto", "eager", "sdpa"))
+    attn_implementation: str = _flag("auto", "attention kernel: auto (the model family's choice: T5 eager on CPU, "
+                                     "where torch's SDPA has no fused kernel for training with dropout and its "
+                                     "fallback computes bf16 attention in fp32, and sdpa elsewhere; decoder-only "
+                                     "models sdpa everywhere), eager or sdpa", choices=("auto", "eager", "sdpa"))
     fused_kernels: bool = _flag(True, "swap T5's seven-operation gelu_new and five-operation T5LayerNorm for torch's "
                                 "one-kernel gelu(approximate='tanh') and rms_norm (same functions), and on CPU "
                                 "torch's serial bernoulli dropout for an integer-threshold one; see "
-                                "minillm/models/fused.py")
+                                "minillm/models/fused.py (decoder-only models: no effect)")
     # distillation (--type kd, seqkd)
     teacher_model_path: str = _flag(None, "frozen teacher checkpoint (hub name or folder; same vocabulary as the "
                                     "student); required by --type kd and by seqkd with --kd-ratio > 0")
@@ -57,8 +57,9 @@ class TrainConfig:
     # MiniLLM (--type minillm): on-policy reverse-KL distillation (minillm/objectives/minillm.py)
     prompt_data_dir: str = _flag(None, "processed folder whose prompt/{round}/train shards are the prompts rollouts "
                                  "are sampled for (default: --data-dir)")
-    lm_data_dir: str = _flag(None, "processed folder whose full/{round}/train pairs feed the LM term (unset: no LM "
-                             "term)")
+    lm_data_dir: str = _flag(None, "processed folder whose full/{round}/train pairs feed the LM term: a plain-text "
+                             "corpus (process_data_pretrain.sh, round pretrain) or gold pairs of the --train-round "
+                             "(unset: no LM term)")
     lm_coef: float = _flag(1.0, "weight of the LM term (with --lm-data-dir)")
     num_rollouts: int = _flag(256, "rollouts per collection, over all processes (each samples its share)")
     chunk_size: int = _flag(16, "prompts per sampling call, per process")
@@ -257,7 +258,8 @@ class TrainConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train a seq2seq student on processed ANLI shards with DeepSpeed.")
+    parser = argparse.ArgumentParser(description="Train a student (Flan-T5 or a decoder-only model) on processed "
+                                                 "shards (ANLI, Dolly) with DeepSpeed.")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         meta = dict(f.metadata)

@@ -43,10 +43,13 @@ replication). The engine passes the cross-process sum in, so this module needs n
 Choices that differ from the reference implementation, on purpose: the return under the single-step term excludes
 r_t (the reference counts r_t in both terms); ``--length-norm`` really switches the normalisation (the reference
 always applies it); whitening ignores padding (the reference counts it) and is per collection by default (the
-reference's is per micro-batch). The LM term is SFT on gold
-(prompt, target) pairs, the seq2seq counterpart of MiniLLM's pre-training loss on plain text (an encoder-decoder
-has no plain-text objective that matches its task format); it is a token mean over its own batch, weighted to
-enter the loop's normalisation by N like the other terms.
+reference's is per micro-batch).
+
+The LM term is the cross-entropy of the (prompt, target) pairs of ``--lm-data-dir``: for a decoder-only student on
+a plain-text corpus (prompt = a chunk's first token, target = the rest: ``docs/data.md``) it is MiniLLM's
+pre-training loss, -sum_t log q(x_t | x_<t) over every token but the first; for Flan-T5 the corpus is span-corrupted
+(an encoder-decoder has no next-token objective over one stream), or gold task pairs. It is a token mean over its
+own batch, weighted to enter the loop's normalisation by N like the other terms.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ import dataclasses
 
 import torch
 
-from ...data.seq2seq import Seq2SeqExamples
+from ...data.seq2seq import Seq2SeqExamples, read_meta
 from ...divergences import coarsen, reverse_kl
 from ...engine.batches import Prompts, SupervisedBatches, prompt_batches
 from ...engine.distributed import all_reduce_sum
@@ -64,6 +67,34 @@ from ..base import Objective, ObjectiveOutput, Processes
 from .batches import RolloutBatches
 from .policy_gradient import k3_reverse_kl, masked_whiten, ppo_token_losses, returns, token_rewards
 from .rollouts import Rollouts, SamplingSettings, policy_log_probs, sample_rollouts
+
+
+def lm_round(lm_data_dir, train_round: str) -> str:
+    """The round of ``--lm-data-dir`` the LM term reads, from its meta.json's ``rounds``: the folder's only round (a
+    plain-text corpus holds round ``pretrain`` whatever the task's round is), else ``train_round`` when the folder
+    has it (gold pairs of the task's own data) or lists no rounds (ANLI folders made before they were listed); a
+    one-line ValueError otherwise."""
+    rounds = read_meta(lm_data_dir).get("rounds")
+    if rounds is not None and len(rounds) == 1:
+        return rounds[0]
+    if rounds is None or train_round in rounds:
+        return train_round
+    raise ValueError(f"--lm-data-dir {lm_data_dir}: rounds {', '.join(rounds) or 'none'} in its meta.json, not "
+                     f"--train-round {train_round}; point it at a folder of one round or one holding {train_round}")
+
+
+def lm_examples(config) -> Seq2SeqExamples:
+    """The LM term's training pairs. A plain-text corpus (meta.json task ``pretrain``) was cut into chunks of the
+    length it is meant to be trained at (MiniLLM: 512 tokens), so its pairs are kept whole; gold pairs of a task are
+    cut like the task's (``--max-prompt-length``, ``--max-target-length``)."""
+    meta = read_meta(config.lm_data_dir)
+    round_name = lm_round(config.lm_data_dir, config.train_round)
+    max_prompt_length, max_target_length = config.max_prompt_length, config.max_target_length
+    if meta.get("task") == "pretrain":
+        longest = meta["splits"][f"{round_name}/train"]
+        max_prompt_length = max(max_prompt_length, longest["max_prompt_tokens"])
+        max_target_length = max(max_target_length, longest["max_target_tokens"])
+    return Seq2SeqExamples(config.lm_data_dir, round_name, "train", max_prompt_length, max_target_length)
 
 
 class MiniLLMObjective(Objective):
@@ -91,13 +122,11 @@ class MiniLLMObjective(Objective):
                           config.max_prompt_length)
         lm = None
         if config.lm_data_dir is not None:
-            lm = SupervisedBatches(Seq2SeqExamples(config.lm_data_dir, config.train_round, "train",
-                                                   config.max_prompt_length, config.max_target_length),
-                                   config.batch_size, config.grad_acc, processes.rank, processes.world_size,
-                                   config.seed, config.bucket_window, self.adapter.pad_token_id)
+            lm = SupervisedBatches(lm_examples(config), config.batch_size, config.grad_acc, processes.rank,
+                                   processes.world_size, config.seed, config.bucket_window, self.adapter.pad_token_id)
             if lm.steps_per_epoch == 0:
                 raise ValueError(f"--lm-data-dir {config.lm_data_dir}: {len(lm.examples)} training examples in round "
-                                 f"{config.train_round}, fewer than one global batch ({lm.global_batch_size})")
+                                 f"{lm.examples.round_name}, fewer than one global batch ({lm.global_batch_size})")
         return RolloutBatches(self, model, prompts, lm, config, processes)
 
     # -------------------------------------------------------------------------------------- rollout collection

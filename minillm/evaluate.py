@@ -1,15 +1,25 @@
-"""Evaluate checkpoints on ANLI (see :mod:`minillm.evaluation` for what is computed), one after another in a
-single process (the interpreter and its imports start once, not once per checkpoint).
+"""Evaluate checkpoints on processed data (ANLI rounds r1 r2 r3, or Dolly's round dolly; see
+:mod:`minillm.evaluation` for what is computed), one after another in a single process (the interpreter and its
+imports start once, not once per checkpoint).
 
-    python -m minillm.evaluate --model-path CKPT [CKPT ...] --data-dir DIR [--split test] [--rounds r1 r2 r3]
-        [--batch-size 32] [--max-new-tokens 16] [--no-generate] [--max-examples N] [--dtype fp32|bf16]
-        [--tokenizer-path TOK] [--out-dir DIR] [--teacher-model-path TEACHER]
+    python -m minillm.evaluate --model-path CKPT [CKPT ...] --data-dir DIR [--split test] [--rounds ROUND ...]
+        [--batch-size 32] [--max-new-tokens 16] [--max-prompt-length 512] [--no-generate] [--max-examples N]
+        [--decoding greedy|sample] [--seeds S1 S2 ...] [--temperature 1.0] [--top-k 0] [--top-p 1.0]
+        [--no-repeat-ngram-size N] [--dtype fp32|bf16] [--tokenizer-path TOK] [--out-dir DIR]
+        [--teacher-model-path TEACHER]
+
+By default one greedy generation pass, as during training. MiniLLM's evaluation (scripts/*/eval/run_eval.sh) is
+``--decoding sample --seeds 10 20 30 40 50 --temperature 1.0 --top-k 0 --top-p 1.0 --no-repeat-ngram-size 6``:
+one sampled pass per seed (``torch.manual_seed(seed)`` before each), Rouge-L and exact match per seed, and their
+mean and sample standard deviation over the seeds in the table, in results.json (``rougeL``, ``rougeL_std``,
+``per_seed``, ...) and in the summary line; the loss and the rank figures are computed once. The decoding settings
+go to results.json (``settings.decoding``).
 
 With ``--teacher-model-path`` (a model sharing the checkpoints' tokenizer, loaded once with the same ``--dtype``)
 the figures include the option KLs between each checkpoint and the teacher (``option_rev_kl``, ``option_fwd_kl``).
 Prints each checkpoint's per-round table and writes its ``results.json`` and ``predictions.jsonl`` to
 ``CKPT/eval/SPLIT`` (or ``--out-dir``, with a single checkpoint), then a one-line summary per checkpoint. Runs on
-the GPU when there is one. Bad input is reported in one line on stderr with exit status 2.
+the GPU when there is one. Bad input (flags included) is reported in one line on stderr with exit status 2.
 """
 
 from __future__ import annotations
@@ -22,28 +32,69 @@ import torch
 
 from .data.anli import ROUNDS
 from .data.seq2seq import read_meta
-from .evaluation import check_split, evaluate, format_table, write_results
+from .evaluation import DECODING_MODES, Decoding, check_split, evaluate, format_table, write_results
 from .models import load_model as load_checkpoint, load_tokenizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
 
 
+# MiniLLM's --no-repeat-ngram-size default, which its evaluation keeps; ANLI's answers are a few words, and its
+# evaluation has never used the rule.
+MINILLM_NO_REPEAT_NGRAM_SIZE = 6
+# MiniLLM's sampling defaults (arguments.py), used for --decoding sample when a flag is not given.
+SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+
+
 class InputError(Exception):
     """A problem with the command line's input, reported as one line."""
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr (``minillm.evaluate: error: ...``, exit status 2), like every
+    other bad input of this command."""
+
+    def error(self, message):
+        self.exit(2, f"minillm.evaluate: error: {message} (see --help)\n")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m minillm.evaluate", description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m minillm.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-path", required=True, nargs="+",
                         help="checkpoint folder(s) (Hugging Face layout), evaluated in turn")
-    parser.add_argument("--data-dir", required=True, help="output folder of process_data_anli.sh")
+    parser.add_argument("--data-dir", required=True,
+                        help="processed data folder (process_data_anli.sh or process_data_dolly.sh output)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    parser.add_argument("--rounds", nargs="+", default=list(ROUNDS), choices=ROUNDS, help="rounds (default: all)")
+    parser.add_argument("--rounds", nargs="+", default=None,
+                        help=f"rounds of --data-dir to evaluate (ANLI: {' '.join(ROUNDS)} or all; Dolly: dolly); "
+                        "default: every round the folder was processed into, less ANLI's union all")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=16, help="greedy generation length")
+    parser.add_argument("--max-new-tokens", type=int, default=16,
+                        help="most tokens generated per answer (default 16; MiniLLM's Dolly evaluation: 256)")
+    parser.add_argument("--max-prompt-length", type=int, default=512,
+                        help="prompts are cut to their last this many tokens (default 512; processing already "
+                        "fits them: ANLI cuts premises to its MAX_PROMPT_LENGTH, Dolly drops prompts over 256)")
     parser.add_argument("--no-generate", dest="generate", action="store_false",
-                        help="skip generation: rank classification and loss only")
+                        help="skip generation: loss and, with answer options, rank classification only")
+    parser.add_argument("--decoding", choices=DECODING_MODES, default="greedy",
+                        help="greedy (default; one pass) or sample (one pass per --seeds value)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="one generation pass per seed, torch.manual_seed(seed) before each; the figures are "
+                        "reported per seed and as their mean and standard deviation. Required by --decoding sample; "
+                        "several need it (MiniLLM: 10 20 30 40 50). Default: one unseeded greedy pass")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help=f"sampling temperature, > 0 (--decoding sample only; default "
+                        f"{SAMPLING_DEFAULTS['temperature']}, MiniLLM's)")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help=f"sample among the k most likely tokens, 0 for all (--decoding sample only; default "
+                        f"{SAMPLING_DEFAULTS['top_k']}, MiniLLM's)")
+    parser.add_argument("--top-p", type=float, default=None,
+                        help=f"nucleus sampling mass in (0, 1], 1 for no cut (--decoding sample only; default "
+                        f"{SAMPLING_DEFAULTS['top_p']}, MiniLLM's)")
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=None,
+                        help=f"never generate an n-gram that already occurs (prompt included), 0 for off; default "
+                        f"{MINILLM_NO_REPEAT_NGRAM_SIZE} (MiniLLM's) on data without answer options (Dolly), 0 on "
+                        "ANLI (as its evaluation always ran)")
     parser.add_argument("--max-examples", type=int, default=None, help="at most this many examples per round")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="model weights dtype")
     parser.add_argument("--tokenizer-path", default=None,
@@ -55,11 +106,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.out_dir is not None and len(args.model_path) > 1:
         parser.error(f"--out-dir takes one --model-path (got {len(args.model_path)}); drop it to write each "
                      "checkpoint's results to CKPT/eval/SPLIT")
-    for name in ("batch_size", "max_new_tokens", "max_examples"):
+    for name in ("batch_size", "max_new_tokens", "max_examples", "max_prompt_length"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
+    given = [flag for flag in ("seeds", "temperature", "top_k", "top_p", "no_repeat_ngram_size")
+             if getattr(args, flag) is not None]
+    if not args.generate and (given or args.decoding != "greedy"):
+        parser.error(f"--{(given or ['decoding'])[0].replace('_', '-')} sets generation, which --no-generate skips")
+    sampling_flags = [flag for flag in given if flag in SAMPLING_DEFAULTS]
+    if args.decoding == "greedy" and sampling_flags:
+        parser.error(f"--{sampling_flags[0].replace('_', '-')} applies to --decoding sample only")
+    try:
+        decoding_from_args(args, no_repeat_ngram_size_default=0)
+    except ValueError as err:
+        parser.error(str(err))
     return args
+
+
+def decoding_from_args(args: argparse.Namespace, no_repeat_ngram_size_default: int) -> Decoding:
+    """The :class:`Decoding` the flags ask for (MiniLLM's sampling defaults for flags not given; ValueError for
+    settings that do not fit together)."""
+    sampling = {name: default if getattr(args, name) is None else getattr(args, name)
+                for name, default in SAMPLING_DEFAULTS.items()}
+    no_repeat = args.no_repeat_ngram_size
+    return Decoding(args.decoding, tuple(args.seeds or ()), **sampling,
+                    no_repeat_ngram_size=no_repeat_ngram_size_default if no_repeat is None else no_repeat)
+
+
+def data_rounds(meta: dict, args: argparse.Namespace) -> list[str]:
+    """``--rounds``, or by default every round of the folder less ANLI's union ``all``; :class:`InputError` for a
+    round the folder does not hold."""
+    available = meta.get("rounds", [*ROUNDS, "all"])  # folders that predate the field are ANLI's
+    if args.rounds is None:
+        return [name for name in available if name != "all"]
+    for name in args.rounds:
+        if name not in available:
+            raise InputError(f"--rounds {name}: --data-dir {args.data_dir} holds no such round (its rounds: "
+                             f"{' '.join(available)})")
+    return args.rounds
 
 
 def tokenizer_path_for(model_path: Path, args: argparse.Namespace) -> Path | str:
@@ -119,26 +204,48 @@ def _first_line(err: Exception, limit: int = 200) -> str:
     return f"{type(err).__name__}: {lines[0][:limit] if lines else ''}"
 
 
-def evaluate_checkpoint(model_path: Path, meta: dict, args: argparse.Namespace, teacher=None) -> dict:
-    """Score one checkpoint (beside ``teacher``, already on the device, when given), print its table and write its
-    results; returns the results."""
+def evaluate_checkpoint(model_path: Path, meta: dict, args: argparse.Namespace, rounds: list[str],
+                        decoding_settings: Decoding, teacher=None) -> dict:
+    """Score one checkpoint (beside ``teacher``, already on the device, when given), print its table (and, with
+    seeds, each seed's overall figures) and write its results; returns the results."""
     model, tokenizer = load_model_and_tokenizer(model_path, args)
     if meta["vocab_size"] > model.config.vocab_size:
         raise InputError(f"--data-dir {args.data_dir} was tokenised with {meta['vocab_size']} tokens but "
                          f"{model_path} has {model.config.vocab_size} logits: wrong tokenizer for this model")
     model.to(_device())
-    result = evaluate(model, tokenizer, args.data_dir, split=args.split, rounds=args.rounds,
-                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, generate=args.generate,
-                      max_examples=args.max_examples, teacher=teacher)
+    result = evaluate(model, tokenizer, args.data_dir, split=args.split, rounds=rounds, batch_size=args.batch_size,
+                      max_new_tokens=args.max_new_tokens, generate=args.generate, max_examples=args.max_examples,
+                      max_prompt_length=args.max_prompt_length, teacher=teacher, decoding=decoding_settings)
     result["settings"]["teacher_model_path"] = args.teacher_model_path
     out_dir = Path(args.out_dir) if args.out_dir else model_path / "eval" / args.split
     write_results(result, out_dir)
     print(f"{model_path} on {args.split}:")
     print(format_table(result))
+    for figures in result["overall"]["per_seed"] or []:
+        accuracy = figures["accuracy_generate"]
+        print(f"seed {figures['seed']}: rougeL {figures['rougeL']:.2f}  EM {figures['exact_match']:.2f}"
+              + ("" if accuracy is None else f"  acc(gen) {accuracy:.2f}"))
     for example in result["overall"]["unparsed_examples"] or []:
         print(f"unparsed generation, uid {example['uid']}: {example['generated']!r}")
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'predictions.jsonl'}")
     return result
+
+
+def headline(summary: dict) -> str:
+    """A summary's headline figure: the rank accuracy on data with answer options, else Rouge-L (``mean ± sd``
+    over several seeds), else (without generation) the loss."""
+    if summary["accuracy_rank"] is not None:
+        return f"{summary['accuracy_rank']:.2f}"
+    if summary["rougeL"] is not None:
+        spread = "" if summary["rougeL_std"] is None else f" ± {summary['rougeL_std']:.2f}"
+        return f"{summary['rougeL']:.2f}{spread}"
+    return f"{summary['loss']:.4f}"
+
+
+def summary_line(model_path: Path, result: dict) -> str:
+    """``CKPT: overall X  (round X ...)`` with X the :func:`headline` figure."""
+    rounds = "  ".join(f"{name} {headline(r)}" for name, r in result["rounds"].items())
+    return f"{model_path}: overall {headline(result['overall'])}  ({rounds})"
 
 
 def main(argv=None) -> int:
@@ -147,7 +254,10 @@ def main(argv=None) -> int:
     summary = []
     try:
         meta = read_meta(args.data_dir)
-        check_split(args.data_dir, args.split, args.rounds)  # before the (slow) model loads
+        rounds = data_rounds(meta, args)
+        check_split(args.data_dir, args.split, rounds)  # before the (slow) model loads
+        has_options = meta.get("task", "anli") == "anli"
+        decoding_settings = decoding_from_args(args, 0 if has_options else MINILLM_NO_REPEAT_NGRAM_SIZE)
         for model_path in model_paths:
             if not (model_path / "config.json").is_file():
                 raise InputError(f"--model-path {model_path}: no config.json there; give a checkpoint folder")
@@ -158,13 +268,19 @@ def main(argv=None) -> int:
             check_teacher_vocabulary(teacher, args.teacher_model_path, model_paths)
             teacher.to(_device())
         for model_path in model_paths:
-            result = evaluate_checkpoint(model_path, meta, args, teacher)
-            rounds = "  ".join(f"{name} {r['accuracy_rank']:.2f}" for name, r in result["rounds"].items())
-            summary.append(f"{model_path}: overall {result['overall']['accuracy_rank']:.2f}  ({rounds})")
+            result = evaluate_checkpoint(model_path, meta, args, rounds, decoding_settings, teacher)
+            summary.append(summary_line(model_path, result))
     except (InputError, FileNotFoundError, ValueError) as err:  # ValueError: data whose files disagree, bad JSON
         print(f"minillm.evaluate: error: {(str(err).strip() or repr(err)).splitlines()[0]}", file=sys.stderr)
         return 2
-    print(f"\n== summary: accuracy (rank classification) on {args.split}", *summary, sep="\n")
+    if has_options:
+        heading = "accuracy (rank classification)"
+    elif not args.generate:
+        heading = "loss"
+    else:
+        heading = "Rouge-L" + (f" (mean ± sd over seeds {' '.join(map(str, decoding_settings.seeds))})"
+                               if len(decoding_settings.seeds) > 1 else "")
+    print(f"\n== summary: {heading} on {args.split}", *summary, sep="\n")
     return 0
 
 

@@ -230,6 +230,58 @@ def test_pad_is_never_generated_nor_scored(setup):
         assert mine["generated"] == reference["generated"]
 
 
+@pytest.fixture(scope="module")
+def causal_anli(tmp_path_factory):
+    """Synthetic ANLI processed for a tiny LLaMA (a causal model whose tokenizer adds BOS and whose pad, unk, is
+    banned), and that model: ``(model folder, data folder)``."""
+    from minillm.data.process import build_shards, build_text
+    from minillm.data.synthetic import generate, write_hf_layout
+    from minillm.data.templates import get_template
+    from minillm.models.tiny import build_causal_model, save_checkpoint, train_causal_tokenizer
+
+    work = tmp_path_factory.mktemp("causal_anli")
+    data = generate(seed=0, train_per_round=3, dev_per_round=6, test_per_round=3)
+    write_hf_layout(data, work / "raw")
+    template = get_template("flan")
+    texts = [template.prompt(r["premise"], r["hypothesis"], answer_cue=True) for rows in data.values() for r in rows]
+    tokenizer = train_causal_tokenizer("llama", texts + list(OPTIONS), work / "tokenizer", vocab_size=600)
+    build_text(work / "raw", work / "data", "flan", "label")
+    assert build_shards(work / "data", str(work / "tokenizer"))["model_type"] == "causal"
+    model_dir = save_checkpoint(build_causal_model("llama", "tiny-student", len(tokenizer), seed=3), tokenizer,
+                                work / "model")
+    return model_dir, work / "data"
+
+
+def test_causal_option_scores_are_the_log_probabilities_of_prompt_then_option(causal_anli):
+    """Options are scored as causal training targets are tokenised (no BOS, ending in EOS): each score equals the
+    sum of the option's token log-probabilities in one unpadded forward pass over prompt + option + EOS."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir, data_dir = causal_anli
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
+    assert tokenizer("x").input_ids[0] == tokenizer.bos_token_id  # the tokenizer's own default would add BOS
+    result = evaluate(model, tokenizer, data_dir, split="dev", rounds=("r1", "r2"), batch_size=4, generate=False)
+    eos, pad = tokenizer.eos_token_id, tokenizer.unk_token_id  # LLaMA pads with unk, which scoring bans
+    assert result["overall"]["n"] == 12
+    with torch.no_grad():
+        for prediction, (round_name, i) in zip(result["predictions"], [(r, i) for r in ("r1", "r2") for i in range(6)]):
+            examples = Seq2SeqExamples(data_dir, round_name, "dev")
+            record = examples.records()[i]
+            prompt_ids = tokenizer(record["prompt"], add_special_tokens=False).input_ids
+            assert examples[i][0].tolist() == prompt_ids  # the prompt the evaluation fed
+            expected = []
+            for option in record["options"]:
+                joint = tokenizer(record["prompt"] + option, add_special_tokens=False).input_ids
+                assert joint[:len(prompt_ids)] == prompt_ids
+                sequence = joint + [eos]
+                logits = model(torch.tensor([sequence])).logits[0].double()
+                logits[:, pad] = -math.inf
+                logprobs = torch.log_softmax(logits, -1)
+                expected.append(sum(logprobs[t - 1, sequence[t]].item() for t in range(len(prompt_ids), len(sequence))))
+            assert prediction["option_scores"] == pytest.approx(expected, abs=1e-4)
+            assert prediction["rank_label"] == expected.index(max(expected))
+
+
 def test_without_generation(setup):
     model, tokenizer = load(setup, "tiny-student")
     result = evaluate(model, tokenizer, setup["data_dir"], rounds=("r2",), generate=False, max_examples=4)

@@ -48,9 +48,6 @@ REQUIRED_ENV = {
 # expected failure once the rest of it parses; delete an entry when its flag lands and the command is checked whole.
 # Each entry is (flag, value): the flag with that value, or with any value when value is None.
 PENDING = {
-    "minillm.evaluate": [("--rounds", "dolly"), ("--seeds", None), ("--decoding", None), ("--temperature", None),
-                         ("--top-k", None), ("--top-p", None), ("--no-repeat-ngram-size", None),
-                         ("--max-prompt-length", None)],
 }
 
 # validate() problems that depend on files a dry run does not have (see the module docstring).

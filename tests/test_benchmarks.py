@@ -140,3 +140,26 @@ def test_fused_kernel_benchmark_profiles_the_cpu_set():
     assert lines[4].startswith("profile of the CPU set, 3 steps:") and "matrix multiplies" in lines[4]
     assert float(lines[4].split(" at ")[1].split(" GFLOP/s")[0].replace(",", "")) > 0
     assert len(lines) == 5 + 4 and all("ms/step" in line and "aten::" in line for line in lines[5:])
+
+
+# ------------------------------------------------------------------------------------------- against TRL
+
+def test_trl_benchmark_smoke(shared_anli, flan_t5_tokenizer_dir):
+    """tools/bench_vs_trl.py --smoke: one round of one warm-up and one timed step per trainer (ours, TRL's
+    DistillationTrainer and GKDTrainer), each checked by the script to generate on-policy at every step; a rate and
+    two ratios come out. Batch 2, 2 new tokens and one thread keep it well under a minute on two shared cores."""
+    pytest.importorskip("trl", reason="trl is a benchmark-only pin: pip install -r requirements-bench.txt")
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "bench_vs_trl.py"), "--smoke", "--batch-size", "2",
+                           "--max-new-tokens", "2", "--threads", "1", "--anli", str(shared_anli), "--tokenizer",
+                           str(flan_t5_tokenizer_dir)], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("machine: ") and "torch " in lines[0] and "trl 1.16.0" in lines[0]
+    rounds = [line for line in lines if line.startswith("round 1 ")]
+    assert [line.split("  ")[0] for line in rounds] == [
+        "round 1 ours (MiniLLM)", "round 1 TRL DistillationTrainer", "round 1 TRL GKDTrainer"]
+    assert all(float(line.split("samples/s")[0].split()[-1]) > 0 for line in rounds)
+    assert all("2.00 new tokens per sample" in line for line in rounds)  # seeded random models: no early EOS
+    ratios = [line for line in lines if line.startswith("ratio ours / ")]
+    assert len(ratios) == 2 and all(float(line.split(": ")[1].split("x")[0]) > 0 for line in ratios)

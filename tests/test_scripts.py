@@ -43,13 +43,6 @@ REQUIRED_ENV = {
        for name in ("train_small_xl.sh", "train_base_xl.sh", "train_large_xl.sh", "train_small_xl_no_lm.sh")},
 }
 
-# Parts of recipes that their entrypoint does not accept yet (issue 25: the sampled multi-seed evaluation and the
-# Dolly round are being added to minillm/evaluate.py and minillm/generate_seqkd.py). A command using them is an
-# expected failure once the rest of it parses; delete an entry when its flag lands and the command is checked whole.
-# Each entry is (flag, value): the flag with that value, or with any value when value is None.
-PENDING = {
-}
-
 # validate() problems that depend on files a dry run does not have (see the module docstring).
 NEEDS_FILES = ("no such folder", "no meta.json", "training targets; build the teacher's")
 
@@ -64,19 +57,6 @@ def run_script(script: str, *args: str, base: Path, **env: str) -> subprocess.Co
 def split_problems(message: str) -> list[str]:
     """validate() joins its problems with '; ', and each starts with the flag it is about."""
     return re.split(r"; (?=--)", message)
-
-
-def without_flag(flags: list[str], flag: str, value: str | None) -> list[str]:
-    """``flags`` less ``flag`` and its values, when it is there (with ``value``, if one is given)."""
-    if flag not in flags:
-        return flags
-    start = flags.index(flag)
-    end = start + 1
-    while end < len(flags) and not flags[end].startswith("--"):
-        end += 1
-    if value is not None and flags[start + 1:end] != [value]:
-        return flags
-    return flags[:start] + flags[end:]
 
 
 def entrypoint(command: list[str]) -> tuple[str, list[str]]:
@@ -128,18 +108,9 @@ def check_finetune_flags(flags: list[str], capsys) -> None:
 
 def check_argparse_flags(name: str, flags: list[str], capsys) -> None:
     parse = argparse_entry(name)
-    if parse is None:
-        pytest.xfail(f"{name} builds its parser inside main(): no build_parser() or parse_args(argv) to check "
-                     "the recipe's flags against")
-    pending = [(flag, value) for flag, value in PENDING.get(name, []) if without_flag(flags, flag, value) != flags]
-    ready = flags
-    for flag, value in pending:
-        ready = without_flag(ready, flag, value)
-    error = parse_error(parse, ready, capsys)
+    assert parse is not None, f"{name}: no importable build_parser() or parse_args(argv) to check the recipe's flags"
+    error = parse_error(parse, flags, capsys)
     assert error is None, f"{name} refuses the recipe's flags: {error}"
-    if pending and parse_error(parse, flags, capsys) is not None:
-        missing = ", ".join(flag if value is None else f"{flag} {value}" for flag, value in pending)
-        pytest.xfail(f"{name} does not accept {missing} yet (issue 25, being added); the rest of the command parses")
 
 
 @pytest.mark.parametrize("script", LAUNCHING)

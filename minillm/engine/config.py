@@ -167,6 +167,9 @@ class TrainConfig:
             problems.append(f"--data-dir {self.data_dir}: no meta.json; run t5-scripts/tools/process_data_anli.sh")
         selected = self.selection_metric() if self.data_dir is not None else self.select_by
         for flag, metric in (("--select-by", selected), ("--also-select-by", self.also_select_by)):
+            if metric == "accuracy" and self._data_target() == "response":
+                problems.append(f"{flag} accuracy needs answer options; --data-dir {self.data_dir} holds free-text "
+                                "responses (Dolly): select by rougeL or loss")
             if metric == "rougeL" and not self.eval_generate:
                 auto = (" (auto: the data has free-text targets)"
                         if flag == "--select-by" and self.select_by == "auto" else "")
@@ -249,9 +252,12 @@ class TrainConfig:
         accuracy."""
         if self.select_by != "auto":
             return self.select_by
-        meta = Path(self.data_dir) / "meta.json"
-        target = json.loads(meta.read_text()).get("target", "label") if meta.is_file() else "label"
-        return "rougeL" if target in ("label_reason", "response") else "accuracy"
+        return "rougeL" if self._data_target() in ("label_reason", "response") else "accuracy"
+
+    def _data_target(self) -> str:
+        """The target kind of ``--data-dir`` (its meta.json's ``target``; ``label`` when it cannot be read)."""
+        meta = Path(self.data_dir) / "meta.json" if self.data_dir is not None else None
+        return json.loads(meta.read_text()).get("target", "label") if meta is not None and meta.is_file() else "label"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)

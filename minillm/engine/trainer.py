@@ -383,15 +383,22 @@ def save(run: Run, name: str, metrics: dict | None, with_training_state: bool) -
 
 
 def summary_line(metrics: dict, state: dict, select_by: str, extra: str | None = None) -> str:
-    """One line per evaluation; ``extra``: the objective's clause for its own figures."""
+    """One line per evaluation, with the figures the evaluation has: rank and option figures need answer options
+    (ANLI; Dolly has none), generation figures ``--eval-generate``; ``extra``: the objective's clause for its own
+    figures."""
     overall = metrics["overall"]
-    parts = [f"eval step {metrics['step']}: loss {overall['loss']:.4f}", f"acc(rank) {overall['accuracy_rank']:.1f}"]
+    parts = [f"eval step {metrics['step']}: loss {overall['loss']:.4f}"]
+    if overall["accuracy_rank"] is not None:
+        parts.append(f"acc(rank) {overall['accuracy_rank']:.1f}")
     if overall["accuracy_generate"] is not None:
-        parts += [f"acc(gen) {overall['accuracy_generate']:.1f}", f"rougeL {overall['rougeL']:.1f}"]
-    parts.append(f"ECE {overall['ece']:.1f}, off-set {overall['off_option_mass']:.1f}%")
+        parts.append(f"acc(gen) {overall['accuracy_generate']:.1f}")
+    if overall["rougeL"] is not None:
+        parts.append(f"rougeL {overall['rougeL']:.1f}")
+    if overall["ece"] is not None:
+        parts.append(f"ECE {overall['ece']:.1f}, off-set {overall['off_option_mass']:.1f}%")
     if overall["option_rev_kl"] is not None:  # evaluated beside the objective's teacher
         parts.append(f"rKL(opt) {overall['option_rev_kl']:.4f}")
-    parts += [f"{r} {m['accuracy_rank']:.1f}" for r, m in metrics["rounds"].items()]
+    parts += [f"{r} {m['accuracy_rank']:.1f}" for r, m in metrics["rounds"].items() if m["accuracy_rank"] is not None]
     if extra:
         parts.append(extra)
     if state["best_metric"] is not None:

@@ -114,7 +114,8 @@ def load_frozen_model(path: str, config: TrainConfig, student, ds_config: dict, 
     if frozen.config.vocab_size != student.config.vocab_size:
         raise ValueError(f"--teacher-model-path {path}: vocabulary of {frozen.config.vocab_size} tokens but the "
                          f"student ({config.model_path}) has {student.config.vocab_size}; teacher and student must "
-                         "share one tokenizer (all Flan-T5 sizes have 32128)")
+                         "share one tokenizer (every size of a family has one vocabulary: Flan-T5 32128, GPT-2 "
+                         "50257, OPT 50272, LLaMA 32000)")
     frozen.requires_grad_(False).eval()
     if zero_stage(ds_config) == 3:
         inference = {"train_micro_batch_size_per_gpu": ds_config["train_micro_batch_size_per_gpu"],

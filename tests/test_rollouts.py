@@ -230,10 +230,47 @@ def test_policy_gradient_loss_is_aligned_for_every_sequence_of_a_mixed_batch(pai
     assert math.isfinite(float(output.loss_sum.detach())) and set(output.metrics) == {"pg", "single", "clip_frac"}
 
 
-def test_teacher_runs_once_per_rollout_and_never_in_the_ppo_epochs(pair):
-    """Per sampling batch: one teacher call per generated position (T5: incremental decoder steps after one encoder
-    pass; decoder-only: the prompt at the first step, then one token per call); the PPO updates read what was
-    recorded and call the teacher no more."""
+@pytest.mark.parametrize("name", ["plain", "temperature-top-k-top-p"])
+@pytest.mark.parametrize("teacher_topk", [0, 3])
+def test_deferred_teacher_records_equal_the_stepwise_records(pair, name, teacher_topk):
+    """At alpha = 0 the teacher scoring the finished targets in one teacher-forced pass records what stepping it with
+    the student records: the same draws (the generator consumed identically: the proposal is the student alone), and
+    log q_old, log p, log m and the teacher's (coarsened) distributions to 1e-5 at every target position."""
+    settings = settings_for(pair, **{**SETTINGS[name], "alpha": 0.0})
+    input_ids, attention_mask = prompts(pair, 32, seed=11)
+    runs = {}
+    for defer in (False, True):
+        generator = torch.Generator().manual_seed(11)
+        runs[defer] = sample_rollouts(pair.student, pair.teacher, input_ids, attention_mask, settings,
+                                      adapter_for(pair.student), generator, teacher_topk=teacher_topk,
+                                      defer_teacher=defer)
+        runs[defer, "next"] = torch.rand(4, generator=generator)  # the generator is left in the same state
+    stepwise, deferred = runs[False], runs[True]
+    assert torch.equal(runs[False, "next"], runs[True, "next"])
+    assert torch.equal(deferred.labels, stepwise.labels) and len(set(deferred.lengths().tolist())) > 1
+    mask = stepwise.mask
+    for field in ("old_logprobs", "teacher_logprobs", "mixed_logprobs"):  # padding: 0 on both paths
+        torch.testing.assert_close(getattr(deferred, field), getattr(stepwise, field), atol=1e-5, rtol=0)
+    assert torch.equal(deferred.mixed_logprobs, deferred.old_logprobs)
+    assert deferred.teacher_log_dist.shape == stepwise.teacher_log_dist.shape
+    torch.testing.assert_close(deferred.teacher_log_dist[mask], stepwise.teacher_log_dist[mask], atol=1e-5, rtol=0)
+    if teacher_topk:
+        assert torch.equal(deferred.teacher_dist_ids[mask].sort(-1).values,
+                           stepwise.teacher_dist_ids[mask].sort(-1).values)
+    else:
+        assert deferred.teacher_dist_ids is None and stepwise.teacher_dist_ids is None
+    if settings.cuts:
+        assert torch.equal(deferred.keep, stepwise.keep)
+    else:
+        assert deferred.keep is None and stepwise.keep is None
+    with pytest.raises(ValueError):
+        sample_rollouts(pair.student, pair.teacher, input_ids, attention_mask, dataclasses.replace(settings, alpha=0.2),
+                        adapter_for(pair.student), torch.Generator().manual_seed(0), defer_teacher=True)
+
+
+def count_teacher_calls(pair: Pair, alpha: float):
+    """Teacher forward calls (and T5 encoder calls) while collecting two sampling batches of 8, then asserts that 4
+    PPO epochs add none; returns (calls, longest target of each batch)."""
     student, teacher = pair.models
     calls = {"encoder": 0, "steps": 0}
     hooks = [teacher.register_forward_hook(lambda *a: calls.__setitem__("steps", calls["steps"] + 1))]
@@ -241,7 +278,7 @@ def test_teacher_runs_once_per_rollout_and_never_in_the_ppo_epochs(pair):
         hooks.append(teacher.encoder.register_forward_hook(
             lambda *a: calls.__setitem__("encoder", calls["encoder"] + 1)))
     try:
-        objective = MiniLLMObjective(minillm_config(rollout_max_new_tokens=6, teacher_mixed_alpha=0.2,
+        objective = MiniLLMObjective(minillm_config(rollout_max_new_tokens=6, teacher_mixed_alpha=alpha,
                                                     single_step_reg=True, cliprange=0.2, whiten_advantages=True),
                                      adapter_for(student), lambda path: teacher)
         input_ids, attention_mask = prompts(pair, 16, seed=7)
@@ -249,15 +286,32 @@ def test_teacher_runs_once_per_rollout_and_never_in_the_ppo_epochs(pair):
                                                {"input_ids": input_ids[8:], "attention_mask": attention_mask[8:]}],
                                      torch.Generator().manual_seed(2))
         longest = [int(store["rollouts"].mask[rows].sum(-1).max()) for rows in (slice(0, 8), slice(8, 16))]
-        assert calls["steps"] == sum(longest)  # a batch stops once all of its rows have ended
-        assert calls["encoder"] == (2 if pair.family == "t5" else 0)
         after_sampling = dict(calls)
         for _ in range(4):  # PPO epochs
             objective(student, objective.micro_batch(store, range(16))).loss_sum.backward()
         assert calls == after_sampling
+        return after_sampling, longest
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def test_without_mixing_the_teacher_runs_once_per_sampling_batch(pair):
+    """alpha = 0: the student samples alone and the teacher scores the finished targets in one teacher-forced pass
+    per sampling batch (T5: one encoder pass inside it), whatever the target lengths; none in the PPO epochs."""
+    calls, longest = count_teacher_calls(pair, alpha=0.0)
+    assert max(longest) > 1  # stepping would have called it more often
+    assert calls["steps"] == 2
+    assert calls["encoder"] == (2 if pair.family == "t5" else 0)
+
+
+def test_teacher_runs_once_per_rollout_and_never_in_the_ppo_epochs(pair):
+    """alpha > 0, per sampling batch: one teacher call per generated position (T5: incremental decoder steps after
+    one encoder pass; decoder-only: the prompt at the first step, then one token per call); the PPO updates read
+    what was recorded and call the teacher no more."""
+    calls, longest = count_teacher_calls(pair, alpha=0.2)
+    assert calls["steps"] == sum(longest)  # a batch stops once all of its rows have ended
+    assert calls["encoder"] == (2 if pair.family == "t5" else 0)
 
 
 def test_teacher_top_k_plus_remainder(pair):

@@ -2,7 +2,9 @@
 
 :func:`sample_rollouts` starts one decoding state per model (``adapter.start_decoding``: for an encoder-decoder,
 **each model's own encoder** runs once over the prompts, so a teacher decoder never sees the student's encoder
-states), then steps both together (``adapter.decode_step``), each with its own key-value cache. At step t, with
+states), then steps both together (``adapter.decode_step``), each with its own key-value cache. Without teacher
+mixing (alpha = 0) the proposal is the student alone: only the student is stepped, and the teacher scores the
+finished targets in one teacher-forced pass (``adapter.logits``), recording the same values. At step t, with
 the student's processed distribution q_old(. | y_<t, x) (temperature, top-k / top-p as a keep-set, the banned ids
 removed) and the teacher's p, the next token is drawn from the teacher-mixed distribution
 
@@ -145,14 +147,29 @@ def policy_log_probs(logits: torch.Tensor, settings: SamplingSettings,
 @torch.no_grad()
 def sample_rollouts(student, teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     settings: SamplingSettings, adapter, generator: torch.Generator | None = None,
-                    teacher_topk: int = 0, all_done=None) -> Rollouts:
+                    teacher_topk: int = 0, all_done=None, defer_teacher: bool | None = None) -> Rollouts:
     """Sample one target per prompt from the teacher-mixed distribution (module docstring); both models in their
-    current mode (the caller puts the student in eval mode: MiniLLM samples and trains without dropout), each
-    stepped through ``adapter.decode_step`` with its own decoding state.
+    current mode (the caller puts the student in eval mode: MiniLLM samples and trains without dropout).
     ``teacher_topk`` > 0 keeps the teacher's distributions as top-k plus remainder (module docstring).
     ``all_done(done)`` says whether decoding may stop (default: every sequence of the batch has ended); processes
-    whose models gather ZeRO-3 parameters at every call pass one that waits for every process."""
-    models = {"student": student, "teacher": teacher}
+    whose models gather ZeRO-3 parameters at every call pass one that waits for every process.
+
+    Two paths, the same records:
+
+    - **deferred** (the default at ``alpha == 0``): the proposal is the student alone, so only the student is
+      stepped (``adapter.decode_step``); the teacher then scores the finished targets once, teacher-forced
+      (``adapter.logits``: one pass over prompts + targets, one model call per process, so ZeRO-3 processes stay in
+      step). The draws do not depend on the teacher at ``alpha == 0``, so the tokens are those of the stepwise path
+      with the same generator.
+    - **stepwise** (always at ``alpha > 0``): with teacher mixing the proposal m_t needs the teacher's distribution
+      at every step, before the token is drawn, so student and teacher are stepped together, each with its own
+      decoding state. ``defer_teacher=False`` forces it at ``alpha == 0`` too (tests compare the two paths);
+      ``defer_teacher=True`` with ``alpha > 0`` is an error."""
+    if defer_teacher is None:
+        defer_teacher = settings.alpha == 0
+    if defer_teacher and settings.alpha > 0:
+        raise ValueError("the teacher can only be deferred without teacher mixing (alpha = 0)")
+    models = {"student": student} if defer_teacher else {"student": student, "teacher": teacher}
     states = {name: adapter.start_decoding(model, input_ids, attention_mask) for name, model in models.items()}
     tokens = None  # the first step feeds what starts a target (T5: the decoder start token)
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
@@ -167,7 +184,6 @@ def sample_rollouts(student, teacher, input_ids: torch.Tensor, attention_mask: t
             keep = keep_set(ban(logits["student"], settings.banned_ids) / settings.temperature, settings.top_k,
                             settings.top_p)
         student_log = policy_log_probs(logits["student"], settings, keep)
-        teacher_log = torch.log_softmax(ban(logits["teacher"], settings.banned_ids), dim=-1)
         mixed_log = student_log
         if settings.alpha > 0:
             mixed_log = torch.logaddexp(student_log + log_1m_alpha,
@@ -176,24 +192,38 @@ def sample_rollouts(student, teacher, input_ids: torch.Tensor, attention_mask: t
         picked = sampled.unsqueeze(-1)
         columns["labels"].append(sampled.masked_fill(done, IGNORE_INDEX))
         columns["old"].append(student_log.gather(-1, picked).squeeze(-1).masked_fill(done, 0.0))
-        columns["teacher"].append(teacher_log.gather(-1, picked).squeeze(-1).masked_fill(done, 0.0))
         columns["mixed"].append(mixed_log.gather(-1, picked).squeeze(-1).masked_fill(done, 0.0))
-        if teacher_topk:
-            ids = teacher_log.topk(teacher_topk, dim=-1).indices
-            columns["ids"].append(ids)
-            columns["dist"].append(coarsen(teacher_log, ids))
-        else:
-            columns["dist"].append(teacher_log)
+        if not defer_teacher:
+            teacher_log = torch.log_softmax(ban(logits["teacher"], settings.banned_ids), dim=-1)
+            columns["teacher"].append(teacher_log.gather(-1, picked).squeeze(-1).masked_fill(done, 0.0))
+            if teacher_topk:
+                ids = teacher_log.topk(teacher_topk, dim=-1).indices
+                columns["ids"].append(ids)
+                columns["dist"].append(coarsen(teacher_log, ids))
+            else:
+                columns["dist"].append(teacher_log)
         if keep is not None:
             columns["keep"].append(keep)
         done = done | (sampled == adapter.eos_token_id)
         if all_done(done) if all_done is not None else bool(done.all()):
             break
         tokens = sampled.masked_fill(done, adapter.pad_token_id)
-    return Rollouts(input_ids=input_ids, attention_mask=attention_mask,
-                    labels=torch.stack(columns["labels"], 1), old_logprobs=torch.stack(columns["old"], 1),
-                    teacher_logprobs=torch.stack(columns["teacher"], 1),
-                    mixed_logprobs=torch.stack(columns["mixed"], 1),
-                    teacher_log_dist=torch.stack(columns["dist"], 1),
-                    teacher_dist_ids=torch.stack(columns["ids"], 1) if teacher_topk else None,
+    labels = torch.stack(columns["labels"], 1)
+    old_logprobs = torch.stack(columns["old"], 1)
+    if defer_teacher:  # one teacher-forced pass over the finished targets: the same p(. | y_<t, x) at every position
+        teacher_log = torch.log_softmax(ban(adapter.logits(teacher, {"input_ids": input_ids,
+                                                                     "attention_mask": attention_mask,
+                                                                     "labels": labels}), settings.banned_ids), dim=-1)
+        mask = labels != IGNORE_INDEX
+        teacher_logprobs = teacher_log.gather(-1, labels.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
+        teacher_logprobs = teacher_logprobs.masked_fill(~mask, 0.0)  # replaced, not multiplied: a banned pick is -inf
+        teacher_dist_ids = teacher_log.topk(teacher_topk, dim=-1).indices if teacher_topk else None
+        teacher_log_dist = coarsen(teacher_log, teacher_dist_ids) if teacher_topk else teacher_log
+    else:
+        teacher_logprobs = torch.stack(columns["teacher"], 1)
+        teacher_log_dist = torch.stack(columns["dist"], 1)
+        teacher_dist_ids = torch.stack(columns["ids"], 1) if teacher_topk else None
+    return Rollouts(input_ids=input_ids, attention_mask=attention_mask, labels=labels, old_logprobs=old_logprobs,
+                    teacher_logprobs=teacher_logprobs, mixed_logprobs=torch.stack(columns["mixed"], 1),
+                    teacher_log_dist=teacher_log_dist, teacher_dist_ids=teacher_dist_ids,
                     keep=torch.stack(columns["keep"], 1) if settings.cuts else None)

@@ -44,6 +44,12 @@ class TrainConfig:
                                 "one-kernel gelu(approximate='tanh') and rms_norm (same functions), and on CPU "
                                 "torch's serial bernoulli dropout for an integer-threshold one; see "
                                 "minillm/models/fused.py (decoder-only models: no effect)")
+    gradient_checkpointing: bool = _flag(False, "the student keeps only each transformer layer's inputs and "
+                                         "recomputes the layer's activations in backward (less activation memory, "
+                                         "about one more forward pass per step), in train mode and in MiniLLM's "
+                                         "eval-mode training alike; passes without gradients (sampling, generation, "
+                                         "evaluation) are unchanged and keep the key-value cache; frozen teachers "
+                                         "are never checkpointed")
     # distillation (--type kd, seqkd)
     teacher_model_path: str = _flag(None, "frozen teacher checkpoint (hub name or folder; same vocabulary as the "
                                     "student); required by --type kd and by seqkd with --kd-ratio > 0")

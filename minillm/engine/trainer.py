@@ -16,9 +16,11 @@ DeepSpeed divides by ``grad_acc`` and averages gradients over ranks, which leave
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,47 @@ def load_student(config: TrainConfig, device: torch.device):
                        fused_kernels=config.fused_kernels, device_type=device.type, dropout=config.dropout)
     tokenizer_flag = "--tokenizer-path" if config.tokenizer_path else "--model-path"
     return model, load_tokenizer(config.tokenizer_path or config.model_path, tokenizer_flag)
+
+
+def enable_gradient_checkpointing(model) -> list[str]:
+    """``--gradient-checkpointing``: every transformer layer of the student (Hugging Face's
+    ``GradientCheckpointingLayer``, the blocks transformers checkpoints: T5Block, GPT2Block, OPTDecoderLayer,
+    LlamaDecoderLayer) keeps only its inputs in a forward pass with gradients and recomputes its activations in
+    backward, under torch's non-reentrant checkpoint (which restores the RNG state for the replay, so dropout draws
+    the same masks, the CPU dropout of :mod:`minillm.models.fused` included). Returns the layers' class names.
+
+    The rule is the gradients and the key-value cache, not the mode: a call with gradients on and no cache among
+    its arguments is checkpointed, in train mode (SFT, KD, SeqKD) and in eval mode (MiniLLM's training, which runs
+    without dropout); any other call runs as it is, so sampling, generation and evaluation (no gradients) keep their
+    cache, and a pass that writes a cache is never replayed (it would write it twice).
+
+    Hugging Face's own switch (``activation_checkpointing_enable``, transformers 5's name for
+    ``gradient_checkpointing_enable``; the same layers, the same checkpoint function) is not used: its layers
+    checkpoint only in train mode, so MiniLLM's eval-mode training would keep every activation; and with it on,
+    GPT-2 withholds its cache from its layers in train mode even without gradients (``GPT2Model`` tests only
+    ``gradient_checkpointing and training``), so decoding a train-mode GPT-2 would not see the past tokens."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise ValueError(f"--gradient-checkpointing: {type(model).__name__} has no layer that can be checkpointed")
+    for layer in layers:
+        # a method bound to the layer (copy.deepcopy rebinds it to the copy) in front of the class's forward, so the
+        # layer's own module hooks (ZeRO-3's parameter gathering) stay outside the checkpoint, as in transformers
+        layer.forward = types.MethodType(_checkpointed_forward, layer)
+    return [type(layer).__name__ for layer in layers]
+
+
+def _checkpointed_forward(layer, *args, **kwargs):
+    """A layer's forward under ``--gradient-checkpointing``: the class's forward, checkpointed when gradients are on
+    and no key-value cache is among the arguments (see :func:`enable_gradient_checkpointing`)."""
+    from torch.utils.checkpoint import checkpoint
+    from transformers.cache_utils import Cache
+
+    forward = type(layer).forward.__get__(layer)
+    if not torch.is_grad_enabled() or any(isinstance(value, Cache) for value in (*args, *kwargs.values())):
+        return forward(*args, **kwargs)
+    return checkpoint(functools.partial(forward, **kwargs), *args, use_reentrant=False)
 
 
 def load_frozen_model(path: str, config: TrainConfig, student, ds_config: dict, device: torch.device):
@@ -193,6 +236,7 @@ def setup(config: TrainConfig) -> Run:
     import deepspeed
 
     model, tokenizer = load_student(config, device)
+    checkpointed = enable_gradient_checkpointing(model) if config.gradient_checkpointing else None
     ds_config = load_deepspeed_config(config.deepspeed_config, config.batch_size, config.grad_acc, world_size)
     check_precision(ds_config, model.config.model_type, config.deepspeed_config)
     adapter = adapter_for(model, tokenizer)
@@ -227,6 +271,9 @@ def setup(config: TrainConfig) -> Run:
               f"ZeRO {ds_config.get('zero_optimization', {}).get('stage', 0)}, "
               f"data {meta.get('template', '?')}/{meta.get('target', '?')}"
               + (f", resumed at step {state['step']}" if config.resume else ""))
+    if checkpointed is not None:
+        log.print(f"train: gradient checkpointing: the student's {len(checkpointed)} layers "
+                  f"({', '.join(sorted(set(checkpointed)))}) recompute their activations in backward")
     description = source.describe()
     if description is not None:
         log.print(description)

@@ -10,7 +10,7 @@ exit_with_usage_if_asked "$@"
 BASE="$(cd "${1:?usage: $0 BASE [NUM_GPUS]}" && pwd)"
 NUM_GPUS="${2:-${NUM_GPUS:-8}}"
 
-: "${CKPT:=google/flan-t5-small}" "${TEACHER_CKPT:=$BASE/results/anli/sft/xl/best}" "${BATCH_SIZE:=32}" "${GRAD_ACC:=1}"
+: "${CKPT:=google/flan-t5-small}" "${TEACHER_CKPT:=$BASE/results/anli/sft/xl/best}" "${BATCH_SIZE:=16}" "${GRAD_ACC:=2}"
 : "${LR:=3e-4}" "${EPOCHS:=3}" "${ZERO_STAGE:=1}" "${KD_RATIO:=0.5}" "${KD_LOSS:=fkl}" "${JSD_BETA:=0.5}" "${SKEW_ALPHA:=0.1}"
 : "${SELECT_BY:=auto}" "${SAVE_DIR:=$BASE/results/anli/kd/small}"
 launch_training --type kd --teacher-model-path "$TEACHER_CKPT" --kd-ratio "$KD_RATIO" --kd-loss "$KD_LOSS" \

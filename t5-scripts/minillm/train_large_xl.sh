@@ -15,8 +15,8 @@ NUM_GPUS="${2:-${NUM_GPUS:-8}}"
 
 : "${CKPT:=$BASE/results/anli/sft/large/best_loss}" "${TEACHER_CKPT:=$BASE/results/anli/sft/xl/best}"
 : "${PROMPT_DATA_DIR:?set PROMPT_DATA_DIR to a processed folder (its prompt/ shards are sampled from)}"
-: "${LM_DATA_DIR=$BASE/processed_data/anli/flan-label}" "${BATCH_SIZE:=4}" "${GRAD_ACC:=4}" "${CHUNK_SIZE:=8}"
-: "${LR:=5e-6}" "${EPOCHS:=1}" "${MAX_STEPS:=5000}" "${EVAL_INTERVAL:=100}" "${SAVE_INTERVAL:=500}" "${ZERO_STAGE:=2}"
+: "${LM_DATA_DIR=$BASE/processed_data/anli/flan-label}" "${BATCH_SIZE:=2}" "${GRAD_ACC:=8}" "${CHUNK_SIZE:=8}"
+: "${LR:=5e-6}" "${EPOCHS:=1}" "${MAX_STEPS:=5000}" "${EVAL_INTERVAL:=100}" "${SAVE_INTERVAL:=500}" "${ZERO_STAGE:=3}"
 : "${NUM_ROLLOUTS:=256}" "${PPO_EPOCHS:=4}" "${ALPHA:=0.2}" "${GAMMA:=0.95}" "${LM_COEF:=1.0}" "${MAX_NEW_TOKENS:=64}"
 : "${SELECT_BY:=auto}" "${SAVE_DIR:=$BASE/results/anli/minillm/large_xl}"
 launch_minillm

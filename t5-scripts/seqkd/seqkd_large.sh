@@ -10,7 +10,7 @@ exit_with_usage_if_asked "$@"
 BASE="$(cd "${1:?usage: $0 BASE [NUM_GPUS]}" && pwd)"
 NUM_GPUS="${2:-${NUM_GPUS:-8}}"
 
-: "${CKPT:=google/flan-t5-large}" "${DATA_DIR:=$BASE/processed_data/anli/seqkd-xl}" "${BATCH_SIZE:=8}" "${GRAD_ACC:=2}"
+: "${CKPT:=google/flan-t5-large}" "${DATA_DIR:=$BASE/processed_data/anli/seqkd-xl}" "${BATCH_SIZE:=4}" "${GRAD_ACC:=4}"
 : "${LR:=1e-4}" "${EPOCHS:=3}" "${ZERO_STAGE:=2}" "${KD_RATIO:=0}" "${KD_LOSS:=fkl}" "${TEACHER_CKPT:=$BASE/results/anli/sft/xl/best}"
 : "${SELECT_BY:=auto}" "${SAVE_DIR:=$BASE/results/anli/seqkd/large}"
 launch_training --type seqkd --kd-ratio "$KD_RATIO" --kd-loss "$KD_LOSS" --teacher-model-path "$TEACHER_CKPT" \

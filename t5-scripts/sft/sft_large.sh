@@ -10,6 +10,6 @@ exit_with_usage_if_asked "$@"
 BASE="$(cd "${1:?usage: $0 BASE [NUM_GPUS]}" && pwd)"
 NUM_GPUS="${2:-${NUM_GPUS:-8}}"
 
-: "${CKPT:=google/flan-t5-large}" "${BATCH_SIZE:=8}" "${GRAD_ACC:=2}" "${LR:=1e-4}" "${EPOCHS:=3}" "${ZERO_STAGE:=2}"
+: "${CKPT:=google/flan-t5-large}" "${BATCH_SIZE:=4}" "${GRAD_ACC:=4}" "${LR:=1e-4}" "${EPOCHS:=3}" "${ZERO_STAGE:=2}"
 : "${SELECT_BY:=auto}" "${ALSO_SELECT_BY:=loss}" "${SAVE_DIR:=$BASE/results/anli/sft/large}"
 launch_training --type sft --select-by "$SELECT_BY" --also-select-by "$ALSO_SELECT_BY" --warmup-steps "${WARMUP_STEPS:-100}"

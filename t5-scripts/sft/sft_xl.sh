@@ -8,6 +8,6 @@ exit_with_usage_if_asked "$@"
 BASE="$(cd "${1:?usage: $0 BASE [NUM_GPUS]}" && pwd)"
 NUM_GPUS="${2:-${NUM_GPUS:-8}}"
 
-: "${CKPT:=google/flan-t5-xl}" "${BATCH_SIZE:=4}" "${GRAD_ACC:=4}" "${LR:=5e-5}" "${EPOCHS:=3}" "${ZERO_STAGE:=3}"
+: "${CKPT:=google/flan-t5-xl}" "${BATCH_SIZE:=2}" "${GRAD_ACC:=8}" "${LR:=5e-5}" "${EPOCHS:=3}" "${ZERO_STAGE:=3}"
 : "${SELECT_BY:=auto}" "${SAVE_DIR:=$BASE/results/anli/sft/xl}"
 launch_training --type sft --select-by "$SELECT_BY" --warmup-steps "${WARMUP_STEPS:-100}"

@@ -18,7 +18,7 @@ FAMILY=gpt2
 
 : "${CKPT:=$BASE/results/gpt2/sft/base/best_loss}" "${TEACHER_CKPT:=$BASE/results/gpt2/sft/xlarge/best}"
 : "${PROMPT_DATA_DIR:=$BASE/processed_data/dolly/gpt2}" "${LM_DATA_DIR=$BASE/processed_data/pretrain/gpt2}"
-: "${BATCH_SIZE:=16}" "${GRAD_ACC:=1}" "${LR:=5e-6}" "${EPOCHS:=10}" "${ZERO_STAGE:=1}"
+: "${BATCH_SIZE:=8}" "${GRAD_ACC:=2}" "${LR:=5e-6}" "${EPOCHS:=10}" "${ZERO_STAGE:=1}"
 : "${CHUNK_SIZE:=16}" "${MAX_STEPS:=5000}" "${EVAL_INTERVAL:=100}" "${SAVE_INTERVAL:=500}"
 : "${NUM_ROLLOUTS:=256}" "${PPO_EPOCHS:=4}" "${ALPHA:=0.2}" "${GAMMA:=0.95}" "${LM_COEF:=1.0}" "${MAX_NEW_TOKENS:=256}"
 : "${SELECT_BY:=auto}" "${SAVE_DIR:=$BASE/results/gpt2/minillm/base}"

@@ -15,7 +15,7 @@ NUM_GPUS="${2:-${NUM_GPUS:-16}}"
 FAMILY=llama
 
 : "${CKPT:=$BASE/checkpoints/llama-7B}" "${TEACHER_CKPT:=$BASE/results/llama/sft/13B/best}"
-: "${BATCH_SIZE:=2}" "${GRAD_ACC:=1}" "${LR:=1e-5}" "${EPOCHS:=10}" "${ZERO_STAGE:=3}"
+: "${BATCH_SIZE:=2}" "${GRAD_ACC:=1}" "${LR:=1e-5}" "${EPOCHS:=10}" "${ZERO_STAGE:=3_offload}"
 : "${MODEL_PARALLEL_SIZE=4}"  # empty: no --model-parallel
 : "${KD_RATIO:=0.5}" "${KD_LOSS:=fkl}" "${SELECT_BY:=auto}" "${SAVE_DIR:=$BASE/results/llama/kd/7B}"
 launch_dolly_training launch_training --type kd --teacher-model-path "$TEACHER_CKPT" --kd-ratio "$KD_RATIO" \

@@ -20,7 +20,7 @@ FAMILY=opt
 
 : "${CKPT:=$BASE/results/opt/sft/2.7B/best_loss}" "${TEACHER_CKPT:=$BASE/results/opt/sft/13B/best}"
 : "${PROMPT_DATA_DIR:=$BASE/processed_data/dolly/opt}" "${LM_DATA_DIR=$BASE/processed_data/pretrain/opt}"
-: "${BATCH_SIZE:=4}" "${GRAD_ACC:=1}" "${LR:=5e-6}" "${EPOCHS:=10}" "${ZERO_STAGE:=3}"
+: "${BATCH_SIZE:=2}" "${GRAD_ACC:=2}" "${LR:=5e-6}" "${EPOCHS:=10}" "${ZERO_STAGE:=3}"
 : "${MODEL_PARALLEL_SIZE=4}"  # empty: no --model-parallel
 : "${CHUNK_SIZE:=4}" "${MAX_STEPS:=5000}" "${EVAL_INTERVAL:=100}" "${SAVE_INTERVAL:=500}"
 : "${NUM_ROLLOUTS:=256}" "${PPO_EPOCHS:=4}" "${ALPHA:=0.2}" "${GAMMA:=0.95}" "${LM_COEF:=1.0}" "${MAX_NEW_TOKENS:=256}"

@@ -13,6 +13,6 @@ NUM_GPUS="${2:-${NUM_GPUS:-16}}"
 FAMILY=opt
 
 : "${CKPT:=facebook/opt-2.7b}"
-: "${BATCH_SIZE:=2}" "${GRAD_ACC:=1}" "${LR:=5e-5}" "${EPOCHS:=10}" "${ZERO_STAGE:=1}"
+: "${BATCH_SIZE:=2}" "${GRAD_ACC:=1}" "${LR:=5e-5}" "${EPOCHS:=10}" "${ZERO_STAGE:=3}"
 : "${SELECT_BY:=auto}" "${ALSO_SELECT_BY:=loss}" "${SAVE_DIR:=$BASE/results/opt/sft/2.7B}"
 launch_dolly_training launch_training --type sft --select-by "$SELECT_BY" --also-select-by "$ALSO_SELECT_BY"

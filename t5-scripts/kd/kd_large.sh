@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Word-level KD of Flan-T5-LARGE from the SFT'd Flan-T5-XL teacher on ANLI: (1 - KD_RATIO) CE + KD_RATIO D(teacher || student)
 # on the gold target. Recipe for 8x V100-32GB-class GPUs per node.
+# Memory: ZeRO-3 (which also shards the teacher), micro-batch 4 x 4 accumulation, so that it fits 8 x V100-32GB in fp32 (tools/plan_memory.py, docs/memory.md).
 #   bash t5-scripts/kd/kd_large.sh BASE [NUM_GPUS]
 # Every recipe variable below can be overridden from the environment; see launch_training in t5-scripts/common.sh.
 # KD_LOSS: fkl rkl jsd sfkl srkl tvd akl (minillm/divergences.py); JSD_BETA and SKEW_ALPHA weight jsd / sfkl, srkl.

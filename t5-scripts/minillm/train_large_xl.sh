@@ -3,6 +3,7 @@
 # (teacher-mixed) samples, single-step term, length normalisation, PPO clipping, and an LM term on gold pairs.
 # The student starts from its SFT checkpoint selected by dev loss (best_loss/ of t5-scripts/sft/sft_large.sh).
 # Recipe for 8x V100-32GB-class GPUs per node; MiniLLM's own defaults (minillm-method.md s.4.2) where they apply.
+# Memory: ZeRO-3 (which also shards the teacher), micro-batch 2 x 8 accumulation, so that it fits 8 x V100-32GB in fp32 (tools/plan_memory.py, docs/memory.md).
 #   bash t5-scripts/minillm/train_large_xl.sh BASE [NUM_GPUS]
 # Environment, besides launch_training's (t5-scripts/common.sh; the launch is launch_minillm there): TEACHER_CKPT, PROMPT_DATA_DIR (processed folder whose
 # prompt/ shards are sampled from; required, as in MiniLLM), LM_DATA_DIR (gold pairs for the LM term; empty: no LM

@@ -5,6 +5,7 @@
 # the model 4 ways (--model-parallel-size 4); here ZeRO-3 shards it over every process instead, with MiniLLM's
 # per-process batch divided by 4 (the same global batch; t5-scripts/common.sh).
 #   bash scripts/llama/kd/kd_7B_13B.sh [BASE] [NUM_GPUS]
+# Memory: ZeRO-3 with CPU offload of the optimizer, so that it fits 8 x V100-32GB in fp32 (tools/plan_memory.py, docs/memory.md).
 # Every recipe variable below can be overridden from the environment; see launch_dolly_training and
 # launch_training in t5-scripts/common.sh.
 set -euo pipefail

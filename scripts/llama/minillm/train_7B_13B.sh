@@ -7,6 +7,7 @@
 # 256 rollouts per collection, 4 PPO epochs, teacher mix 0.2. MiniLLM splits the model 4 ways (--model-parallel-size 4);
 # here ZeRO-3 shards it over every process instead, with MiniLLM's per-process batch divided by 4 (the same global
 # batch; t5-scripts/common.sh).
+# Memory: ZeRO-3 with CPU offload of the optimizer, micro-batch 1 x 4 accumulation, so that it fits 8 x V100-32GB in fp32 (tools/plan_memory.py, docs/memory.md).
 #   bash scripts/llama/minillm/train_7B_13B.sh [BASE] [NUM_GPUS]
 # Environment, besides launch_dolly_training's and launch_minillm's (t5-scripts/common.sh): TEACHER_CKPT,
 # PROMPT_DATA_DIR, LM_DATA_DIR, NUM_ROLLOUTS, CHUNK_SIZE, PPO_EPOCHS, ALPHA (teacher-mixed), GAMMA, LM_COEF,

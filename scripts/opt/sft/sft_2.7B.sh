@@ -3,6 +3,7 @@
 # initialises MiniLLM (scripts/opt/minillm/train_2.7B_13B.sh), as MiniLLM prescribes. MiniLLM's recipe (its
 # scripts/opt/sft/sft_2.7B.sh): 16 GPUs x 2 per process, lr 5e-5 cosine, 10 epochs, ZeRO-1.
 #   bash scripts/opt/sft/sft_2.7B.sh [BASE] [NUM_GPUS]
+# Memory: ZeRO-3 here, not ZeRO-1, so that it fits 8 x V100-32GB in fp32 (tools/plan_memory.py, docs/memory.md).
 # Every recipe variable below can be overridden from the environment; see launch_dolly_training and
 # launch_training in t5-scripts/common.sh.
 set -euo pipefail

@@ -6,7 +6,8 @@ imports start once, not once per checkpoint).
         [--batch-size 32] [--max-new-tokens 16] [--max-prompt-length 512] [--no-generate] [--max-examples N]
         [--decoding greedy|sample] [--seeds S1 S2 ...] [--temperature 1.0] [--top-k 0] [--top-p 1.0]
         [--no-repeat-ngram-size N] [--dtype fp32|bf16] [--tokenizer-path TOK] [--out-dir DIR]
-        [--teacher-model-path TEACHER]
+        [--teacher-model-path TEACHER] [--deepspeed-config FILE]
+    torchrun --nproc-per-node P --module minillm.evaluate ... --deepspeed-config configs/deepspeed/zero3_fp32.json
 
 By default one greedy generation pass, as during training. MiniLLM's evaluation (scripts/*/eval/run_eval.sh) is
 ``--decoding sample --seeds 10 20 30 40 50 --temperature 1.0 --top-k 0 --top-p 1.0 --no-repeat-ngram-size 6``:
@@ -20,19 +21,32 @@ the figures include the option KLs between each checkpoint and the teacher (``op
 Prints each checkpoint's per-round table and writes its ``results.json`` and ``predictions.jsonl`` to
 ``CKPT/eval/SPLIT`` (or ``--out-dir``, with a single checkpoint), then a one-line summary per checkpoint. Runs on
 the GPU when there is one. Bad input (flags included) is reported in one line on stderr with exit status 2.
+
+Sharded (a model too large for one device, such as an 11B Flan-T5-XXL teacher): with ``--deepspeed-config`` a
+ZeRO-3 file (training's ``configs/deepspeed/zero3*_*.json``), every checkpoint and the teacher are held by a DeepSpeed
+ZeRO-3 inference engine over the launched processes (:func:`minillm.evaluation.shard_for_inference`): each process
+keeps 1/P of every parameter and the layers are gathered one at a time for each forward call. The examples are dealt
+out to the processes (``rank::P``, padded to equal work, generation with ``synced_gpus``) and the results gathered,
+so the figures and predictions are those of one process holding the whole model; process 0 prints and writes. The
+model's dtype is then the file's precision (fp32 or bf16) unless ``--dtype`` is given. A file of stage 0-2 shards
+nothing (each process holds the whole model). Under a launcher without the flag the processes split the examples
+the same way, each holding the whole model.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from .data.anli import ROUNDS
 from .data.seq2seq import read_meta
-from .evaluation import DECODING_MODES, Decoding, check_split, evaluate, format_table, write_results
+from .evaluation import (DECODING_MODES, Decoding, check_split, evaluate, format_table, parameters_held,
+                         read_inference_config, shard_for_inference, write_results)
 from .models import load_model as load_checkpoint, load_tokenizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -96,12 +110,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         f"{MINILLM_NO_REPEAT_NGRAM_SIZE} (MiniLLM's) on data without answer options (Dolly), 0 on "
                         "ANLI (as its evaluation always ran)")
     parser.add_argument("--max-examples", type=int, default=None, help="at most this many examples per round")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="model weights dtype")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="model weights dtype (default fp32, or the --deepspeed-config file's precision)")
     parser.add_argument("--tokenizer-path", default=None,
                         help="tokenizer used when the checkpoint folder has none")
     parser.add_argument("--out-dir", default=None, help="with one --model-path only; default: MODEL_PATH/eval/SPLIT")
     parser.add_argument("--teacher-model-path", default=None,
                         help="teacher (same tokenizer) for the option KLs of every checkpoint; default: none")
+    parser.add_argument("--deepspeed-config", default=None,
+                        help="a DeepSpeed JSON (configs/deepspeed/); ZeRO stage 3 shards every model over the "
+                        "launched processes (ZeRO-3 inference); default: none, each process holds whole models")
     args = parser.parse_args(argv)
     if args.out_dir is not None and len(args.model_path) > 1:
         parser.error(f"--out-dir takes one --model-path (got {len(args.model_path)}); drop it to write each "
@@ -164,7 +182,7 @@ def load_model(flag: str, path, args: argparse.Namespace):
 
     hf_logging.disable_progress_bar()
     try:
-        return load_checkpoint(path, dtype=DTYPES[args.dtype], attn_implementation=None, flag=None)
+        return load_checkpoint(path, dtype=DTYPES[args.dtype or "fp32"], attn_implementation=None, flag=None)
     except Exception as err:
         raise InputError(f"{flag} {path}: cannot load the model: {_first_line(err)}") from None
 
@@ -195,8 +213,51 @@ def load_model_and_tokenizer(model_path: Path, args: argparse.Namespace):
     return model, tokenizer
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def _device(local_rank: int = 0) -> str:
+    return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+
+
+def inference_settings(args: argparse.Namespace) -> dict | None:
+    """``--deepspeed-config`` read (:func:`minillm.evaluation.read_inference_config`), or None without it; sets
+    ``args.dtype`` when not given: fp32, or the file's precision. :class:`InputError` for a file that cannot be
+    read or whose precision (fp16) evaluation does not run in without ``--dtype``."""
+    settings = None
+    if args.deepspeed_config is not None:
+        try:
+            settings = read_inference_config(args.deepspeed_config)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+    if args.dtype is None:
+        precision = "fp32" if settings is None else settings["precision"]
+        if precision not in DTYPES:
+            raise InputError(f"--deepspeed-config {args.deepspeed_config}: {precision} precision; evaluation runs in "
+                             f"{' or '.join(sorted(DTYPES))}: pass --dtype, or a *_fp32.json / *_bf16.json file")
+        args.dtype = precision
+    return settings
+
+
+def sharded(args: argparse.Namespace) -> bool:
+    return args.inference is not None and args.inference["zero_stage"] == 3
+
+
+def place(model, args: argparse.Namespace):
+    """``(model, engine)``: with ZeRO-3 the bare model inside its inference engine (:func:`shard_for_inference`),
+    else the model on this process's device and None."""
+    if sharded(args):
+        engine = shard_for_inference(model, args.inference["zero_optimization"])
+        return engine.module, engine
+    return model.to(args.device), None
+
+
+def sharding_figures(model, args: argparse.Namespace) -> dict | None:
+    """With ZeRO-3: the stage, the process count, the model's parameters and how many each process holds (every
+    process must call this); else None."""
+    if not sharded(args):
+        return None
+    total, held = parameters_held(model)
+    per_process = [None] * args.world_size
+    dist.all_gather_object(per_process, held)
+    return {"zero_stage": 3, "processes": args.world_size, "parameters": total, "held_per_process": per_process}
 
 
 def _first_line(err: Exception, limit: int = 200) -> str:
@@ -212,12 +273,21 @@ def evaluate_checkpoint(model_path: Path, meta: dict, args: argparse.Namespace, 
     if meta["vocab_size"] > model.config.vocab_size:
         raise InputError(f"--data-dir {args.data_dir} was tokenised with {meta['vocab_size']} tokens but "
                          f"{model_path} has {model.config.vocab_size} logits: wrong tokenizer for this model")
-    model.to(_device())
+    model, engine = place(model, args)
+    sharding = sharding_figures(model, args)
     result = evaluate(model, tokenizer, args.data_dir, split=args.split, rounds=rounds, batch_size=args.batch_size,
                       max_new_tokens=args.max_new_tokens, generate=args.generate, max_examples=args.max_examples,
                       max_prompt_length=args.max_prompt_length, teacher=teacher, decoding=decoding_settings)
-    result["settings"]["teacher_model_path"] = args.teacher_model_path
+    if engine is not None:
+        engine.destroy()  # the next checkpoint gets its own engine
+    result["settings"].update(teacher_model_path=args.teacher_model_path, deepspeed_config=args.deepspeed_config,
+                              dtype=args.dtype, sharding=sharding)
+    if args.rank != 0:  # every process holds the whole result; one writes and prints it
+        return result
     out_dir = Path(args.out_dir) if args.out_dir else model_path / "eval" / args.split
+    if sharding is not None:
+        print(f"{model_path}: ZeRO-3 over {sharding['processes']} processes, each holding at most "
+              f"{max(sharding['held_per_process']):,} of its {sharding['parameters']:,} parameters")
     write_results(result, out_dir)
     print(f"{model_path} on {args.split}:")
     print(format_table(result))
@@ -250,9 +320,27 @@ def summary_line(model_path: Path, result: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.rank, args.world_size, args.device, args.inference = 0, 1, _device(), None
+    try:
+        return run(args)
+    finally:  # shut the process group down before the interpreter exits, not in the exit-time destructors
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run(args: argparse.Namespace) -> int:
+    """:func:`main` once the flags are parsed: in a process group under a launcher or with --deepspeed-config."""
     model_paths = [Path(path) for path in args.model_path]
     summary = []
     try:
+        args.inference = inference_settings(args)
+        if args.inference is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from .engine.distributed import init_distributed
+
+            args.rank, args.world_size, local_rank = init_distributed()
+            args.device = _device(local_rank)
+            if torch.cuda.is_available():
+                torch.cuda.set_device(local_rank)  # the collectives' device
         meta = read_meta(args.data_dir)
         rounds = data_rounds(meta, args)
         check_split(args.data_dir, args.split, rounds)  # before the (slow) model loads
@@ -262,17 +350,22 @@ def main(argv=None) -> int:
             if not (model_path / "config.json").is_file():
                 raise InputError(f"--model-path {model_path}: no config.json there; give a checkpoint folder")
             tokenizer_path_for(model_path, args)
-        teacher = None
+        teacher = teacher_engine = None
         if args.teacher_model_path is not None:  # once for every checkpoint
             teacher = load_model("--teacher-model-path", args.teacher_model_path, args)
             check_teacher_vocabulary(teacher, args.teacher_model_path, model_paths)
-            teacher.to(_device())
+            teacher, teacher_engine = place(teacher, args)
         for model_path in model_paths:
-            result = evaluate_checkpoint(model_path, meta, args, rounds, decoding_settings, teacher)
+            result = evaluate_checkpoint(model_path, meta, args, rounds, decoding_settings, teacher_engine or teacher)
             summary.append(summary_line(model_path, result))
     except (InputError, FileNotFoundError, ValueError) as err:  # ValueError: data whose files disagree, bad JSON
-        print(f"minillm.evaluate: error: {(str(err).strip() or repr(err)).splitlines()[0]}", file=sys.stderr)
+        if args.rank == 0:  # the same input on every process: one line
+            print(f"minillm.evaluate: error: {(str(err).strip() or repr(err)).splitlines()[0]}", file=sys.stderr)
         return 2
+    if args.world_size > 1:
+        dist.barrier()  # process 0 has written every result before any process leaves
+    if args.rank != 0:
+        return 0
     if has_options:
         heading = "accuracy (rank classification)"
     elif not args.generate:

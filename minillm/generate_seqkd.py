@@ -16,6 +16,14 @@ Work: the prompts are dealt out to the processes (strided: process k takes items
 its share by length and generates in batches (greedy, or sampling with temperature / top-k / top-p and
 ``--num-samples`` outputs per prompt), and the outputs are gathered on process 0, which writes
 ``OUT_DIR/{round}/{split}.jsonl`` and ``OUT_DIR/meta.json`` (into a temporary folder, renamed when complete).
+Each process holds the whole teacher, unless ``--deepspeed-config`` is a ZeRO-3 file (training's
+``configs/deepspeed/zero3*_*.json``): then the teacher is held by a DeepSpeed ZeRO-3 inference engine
+(:func:`minillm.evaluation.shard_for_inference`; each process keeps 1/P of every parameter, the layers are gathered
+one at a time for each forward call), so a teacher larger than one device (Flan-T5-XXL) generates. The prompts are
+dealt out as above, the shorter shares padded with a repeat of one of their prompts (generated, not kept) so that
+every process makes the same number of ``generate`` calls, and ``generate`` runs with ``synced_gpus=True`` (every
+process decodes until the last one is done); greedy outputs are those of one process holding the whole teacher.
+``--dtype auto`` is then the file's precision (fp32 or bf16).
 
 Each output record keeps the gold record's fields (ANLI: uid, round, premise, hypothesis, label, reason, prompt,
 options; Dolly: uid, round, prompt, label null, options [], instruction, context, category) with ``target`` set to
@@ -48,7 +56,7 @@ from .data.indexed_dataset import ShardedIndexedDataset
 from .data.process import ALL_ROUNDS
 from .data.seq2seq import collate_prompts, read_meta
 from .engine.distributed import device_for, init_distributed
-from .evaluation import parse_answer
+from .evaluation import parameters_held, parse_answer, read_inference_config, shard_for_inference
 from .folders import replace_folder
 from .models import IGNORE_INDEX, adapter_for, load_model, load_tokenizer
 
@@ -69,8 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0, help="sampling only; 1: no nucleus cut")
     p.add_argument("--num-samples", type=int, default=1, help="outputs per prompt (sampling only)")
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
-                   help="auto: bf16 on a GPU that has it, else fp32")
+                   help="auto: the --deepspeed-config file's precision; without one bf16 on a GPU that has it, "
+                   "else fp32")
     p.add_argument("--seed", type=int, default=42, help="sampling seed; process k uses seed + k")
+    p.add_argument("--deepspeed-config", default=None,
+                   help="a DeepSpeed JSON (configs/deepspeed/); ZeRO stage 3 shards the teacher over the processes "
+                   "(ZeRO-3 inference); default: none, each process holds the whole teacher")
     return p
 
 
@@ -127,23 +139,31 @@ def load_prompts(data_dir: Path, rounds, split: str) -> list[tuple[dict, np.ndar
     return items
 
 
-def generate_share(model, adapter, prompts: list[np.ndarray], indices: list[int], args, device, progress) -> dict:
+def generate_share(model, adapter, prompts: list[np.ndarray], indices: list[int], args, device, progress,
+                   padding: int = 0, synced_gpus: bool = False) -> dict:
     """Generated ids (lists, -100 padding dropped) of ``prompts[i]`` for ``i`` in ``indices``: ``{i: [ids per
-    sample]}``. Longest prompts first, so that batches hold similar lengths and memory peaks at the start."""
-    order = sorted(indices, key=lambda i: -len(prompts[i]))
+    sample]}``. Longest prompts first, so that batches hold similar lengths and memory peaks at the start.
+    ``padding`` more prompts (repeats of ``indices[0]``, or of prompt 0) are generated and not kept, so that shares
+    of unequal size make the same calls; ``synced_gpus`` goes to ``generate`` (ZeRO-3: every process decodes as
+    long as the longest)."""
+    filler = indices[0] if indices else 0
+    order = sorted([(i, True) for i in indices] + [(filler, False)] * padding, key=lambda item: -len(prompts[item[0]]))
     decoding = dict(do_sample=False) if args.decoding == "greedy" else dict(
         do_sample=True, temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
         num_return_sequences=args.num_samples)
+    if synced_gpus:
+        decoding["synced_gpus"] = True
     outputs = {}
     for start in range(0, len(order), args.batch_size):
         batch = order[start:start + args.batch_size]
-        encoder_side = collate_prompts([prompts[i] for i in batch], adapter.pad_token_id)
+        encoder_side = collate_prompts([prompts[i] for i, _ in batch], adapter.pad_token_id)
         targets = adapter.generate(model, encoder_side["input_ids"].to(device),
                                    encoder_side["attention_mask"].to(device), args.max_new_tokens, **decoding).cpu()
         targets = targets.view(len(batch), args.num_samples, -1)
-        for row, i in enumerate(batch):
-            outputs[i] = [[int(t) for t in sample if t != IGNORE_INDEX] for sample in targets[row]]
-        progress.update(len(batch))
+        for row, (i, kept) in enumerate(batch):
+            if kept:
+                outputs[i] = [[int(t) for t in sample if t != IGNORE_INDEX] for sample in targets[row]]
+        progress.update(sum(kept for _, kept in batch))
     return outputs
 
 
@@ -217,12 +237,19 @@ def main(argv=None) -> int:
         gold_meta = read_meta(data_dir)
         rounds = resolve_rounds(args.rounds, gold_meta, data_dir)
         items = load_prompts(data_dir, rounds, args.split)
+        inference = None if args.deepspeed_config is None else read_inference_config(args.deepspeed_config)
         dtype = args.dtype
-        if dtype == "auto":
+        if dtype == "auto" and inference is not None:
+            dtype = inference["precision"]
+            if dtype not in ("bf16", "fp32"):
+                raise ValueError(f"--deepspeed-config {args.deepspeed_config}: {dtype} precision; generation runs "
+                                 "in bf16 or fp32: pass --dtype, or a *_bf16.json / *_fp32.json file")
+        elif dtype == "auto":
             dtype = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        sharded = inference is not None and inference["zero_stage"] == 3
         # the library's attention and error messages, as reported below
         model = load_model(args.model_path, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32,
-                           attn_implementation=None, flag=None).to(device).eval()
+                           attn_implementation=None, flag=None).eval()
         if model.config.vocab_size < gold_meta["vocab_size"]:
             raise ValueError(f"--model-path {args.model_path}: vocabulary of {model.config.vocab_size} tokens, but "
                              f"--data-dir {data_dir} was tokenised with {gold_meta['vocab_size']}")
@@ -234,15 +261,30 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
+    engine, sharding = None, None
+    if sharded:
+        engine = shard_for_inference(model, inference["zero_optimization"])  # kept while the teacher generates
+        model = engine.module
+        total, held = parameters_held(model)
+        sharding = {"zero_stage": 3, "parameters": total, "held_per_process": [None] * world_size}
+        dist.all_gather_object(sharding["held_per_process"], held)
+    else:
+        model = model.to(device)
     mine = list(range(rank, len(items), world_size))
+    padding = -(-len(items) // world_size) - len(mine) if sharded else 0  # ZeRO-3: equal calls on every process
     if rank == 0:
         print(f"generate_seqkd: {len(items)} prompts ({' '.join(rounds)}/{args.split}) over {world_size} "
               f"process(es), {args.decoding}, {args.num_samples} output(s) each, {dtype}, teacher {args.model_path}",
               flush=True)
     started = time.perf_counter()
     status = 0
+    if rank == 0 and sharding is not None:
+        print(f"generate_seqkd: ZeRO-3 over {world_size} processes, each holding at most "
+              f"{max(sharding['held_per_process']):,} of the teacher's {sharding['parameters']:,} parameters",
+              flush=True)
     with tqdm(total=len(mine), disable=rank != 0, desc="generate (process 0)", dynamic_ncols=True) as progress:
-        outputs = generate_share(model, adapter, [p for _, p in items], mine, args, device, progress)
+        outputs = generate_share(model, adapter, [p for _, p in items], mine, args, device, progress,
+                                 padding=padding, synced_gpus=sharded and world_size > 1)
     gathered = [None] * world_size
     if world_size > 1:
         dist.all_gather_object(gathered, outputs)
@@ -261,7 +303,8 @@ def main(argv=None) -> int:
                 "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
                 "num_samples": args.num_samples, "max_new_tokens": args.max_new_tokens, "dtype": dtype,
                 "seed": args.seed, "processes": world_size, "prompts": len(items),
-                "prompts_per_process": [len(part) for part in gathered]}
+                "prompts_per_process": [len(part) for part in gathered],
+                "deepspeed_config": args.deepspeed_config, "sharding": sharding}
         try:
             meta = write_outputs(out_dir, items, merged, args.split, meta, tokenizer, adapter.eos_token_id)
         except OSError as e:  # a full disk, a folder made read-only meanwhile
@@ -277,6 +320,7 @@ def main(argv=None) -> int:
                   f"prompts/s); {meta['unfinished']} without EOS{answers} -> {out_dir}", flush=True)
     if world_size > 1:
         dist.barrier()  # every rank waits for rank 0's writing, failed or not
+    dist.destroy_process_group()  # before the interpreter exits, not in the exit-time destructors
     return status
 
 

@@ -156,9 +156,14 @@ launch_dolly_training() {
 # launch_dolly_seqkd_generation: the teacher (TEACHER_CKPT) samples one answer per Dolly training prompt, as
 # MiniLLM's generate_data_seqkd.sh does (temperature 1, no top-k or top-p cut, up to 256 new tokens), into GEN_DIR.
 # Environment: DATA_DIR [BASE/processed_data/dolly/FAMILY], BATCH_SIZE [16] prompts per process and call,
-# DTYPE [auto], SEED [10], EXTRA_ARGS, besides launch_module's.
+# DTYPE [auto], SEED [10], EXTRA_ARGS, besides launch_module's; ZERO_STAGE=3 (3_offload, or DS_CONFIG) shards the
+# teacher over the processes (--deepspeed-config configs/deepspeed/zero${ZERO_STAGE}_${PRECISION}.json).
 launch_dolly_seqkd_generation() {
   read -ra extra <<< "${EXTRA_ARGS:-}"
+  if [[ -n "${DS_CONFIG:-}" || "${ZERO_STAGE:-}" == 3* ]]; then
+    local config="${DS_CONFIG:-$REPO/configs/deepspeed/zero${ZERO_STAGE}_${PRECISION:-$(default_precision)}.json}"
+    extra=(--deepspeed-config "$config" "${extra[@]}")
+  fi
   launch_module minillm.generate_seqkd --model-path "$TEACHER_CKPT" \
     --data-dir "${DATA_DIR:-$BASE/processed_data/dolly/$FAMILY}" --out-dir "$GEN_DIR" --rounds dolly --split train \
     --batch-size "${BATCH_SIZE:-16}" --max-new-tokens 256 --dtype "${DTYPE:-auto}" --decoding sample \
@@ -170,9 +175,11 @@ launch_dolly_seqkd_generation() {
 # temperature 1 with no top-k or top-p cut, once per seed (10 20 30 40 50), Rouge-L averaged over the seeds. MiniLLM
 # also bans repeating any 6-gram (its --no-repeat-ngram-size default, which its evaluation scripts keep).
 # Environment: DATA_DIR [BASE/processed_data/dolly/FAMILY], SPLIT [test], SEEDS ["10 20 30 40 50"], BATCH_SIZE [8],
-# NO_REPEAT_NGRAM_SIZE [6], EXTRA_ARGS (more flags for python -m minillm.evaluate).
+# NO_REPEAT_NGRAM_SIZE [6], EXTRA_ARGS (more flags for python -m minillm.evaluate). ZERO_STAGE=3 (3_offload, or
+# DS_CONFIG) shards every model over NUM_GPUS processes (launch_module; --deepspeed-config
+# configs/deepspeed/zero${ZERO_STAGE}_${PRECISION}.json, whose precision is then the dtype); else one process.
 evaluate_dolly() {
-  local size="$1" checkpoints seeds extra
+  local size="$1" checkpoints seeds extra launch=(run_python -m minillm.evaluate)
   if [[ -n "${CKPTS:-}" ]]; then
     read -ra checkpoints <<< "$CKPTS"
   else
@@ -180,7 +187,11 @@ evaluate_dolly() {
   fi
   read -ra seeds <<< "${SEEDS:-10 20 30 40 50}"
   read -ra extra <<< "${EXTRA_ARGS:-}"
-  run_python -m minillm.evaluate --model-path "${checkpoints[@]}" \
+  if [[ -n "${DS_CONFIG:-}" || "${ZERO_STAGE:-}" == 3* ]]; then
+    launch=(launch_module minillm.evaluate --deepspeed-config
+            "${DS_CONFIG:-$REPO/configs/deepspeed/zero${ZERO_STAGE}_${PRECISION:-$(default_precision)}.json}")
+  fi
+  "${launch[@]}" --model-path "${checkpoints[@]}" \
     --data-dir "${DATA_DIR:-$BASE/processed_data/dolly/$FAMILY}" --split "${SPLIT:-test}" --rounds dolly \
     --seeds "${seeds[@]}" --decoding sample --temperature 1.0 --top-k 0 --top-p 1.0 \
     --no-repeat-ngram-size "${NO_REPEAT_NGRAM_SIZE:-6}" --max-new-tokens 256 --max-prompt-length 256 \

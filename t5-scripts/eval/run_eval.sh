@@ -9,6 +9,11 @@
 # option_fwd_kl, each checkpoint's KL to it over the three answer options).
 # One process scores the checkpoints in turn; each one's results.json and predictions.jsonl go to CKPT/eval/SPLIT/,
 # and a summary line per checkpoint ends the output.
+# Sharded, for a model larger than one GPU (an XXL teacher): ZERO_STAGE=3 (or 3_offload; or DS_CONFIG, a file of
+# configs/deepspeed/) runs NUM_GPUS [1] processes through launch_module with --deepspeed-config
+# configs/deepspeed/zero${ZERO_STAGE}_${PRECISION}.json (PRECISION [bf16 if the GPU has it, else fp32] is then the
+# models' dtype): every model is split over the processes by ZeRO-3 and the examples are dealt out to them; the
+# figures are those of one process.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 exit_with_usage_if_asked "$@"
@@ -32,5 +37,15 @@ if [[ -n "${TEACHER_CKPT:-}" ]]; then
   TEACHER=(--teacher-model-path "$TEACHER_CKPT")
 fi
 
-run_python -m minillm.evaluate --model-path "${CHECKPOINTS[@]}" --data-dir "$DATA_DIR" --split "$SPLIT" \
+LAUNCH=(run_python -m minillm.evaluate)
+if [[ -n "${DS_CONFIG:-}" || "${ZERO_STAGE:-}" == 3* ]]; then
+  DS_CONFIG="${DS_CONFIG:-$REPO/configs/deepspeed/zero${ZERO_STAGE}_${PRECISION:-$(default_precision)}.json}"
+  if [[ ! -f "$DS_CONFIG" ]]; then
+    echo "run_eval.sh: DS_CONFIG=$DS_CONFIG not found; pick a file in $REPO/configs/deepspeed/" >&2
+    exit 2
+  fi
+  LAUNCH=(launch_module minillm.evaluate --deepspeed-config "$DS_CONFIG")
+fi
+
+"${LAUNCH[@]}" --model-path "${CHECKPOINTS[@]}" --data-dir "$DATA_DIR" --split "$SPLIT" \
   --batch-size "${BATCH_SIZE:-32}" --max-new-tokens "${MAX_NEW_TOKENS:-16}" "${TEACHER[@]}" "${EXTRA[@]}"

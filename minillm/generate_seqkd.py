@@ -245,7 +245,9 @@ def main(argv=None) -> int:
                 raise ValueError(f"--deepspeed-config {args.deepspeed_config}: {dtype} precision; generation runs "
                                  "in bf16 or fp32: pass --dtype, or a *_bf16.json / *_fp32.json file")
         elif dtype == "auto":
-            dtype = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+            # A V100 emulates bf16 (is_bf16_supported() is True there by default): only native bf16 counts
+            native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+            dtype = "bf16" if native_bf16 else "fp32"
         sharded = inference is not None and inference["zero_stage"] == 3
         # the library's attention and error messages, as reported below
         model = load_model(args.model_path, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32,

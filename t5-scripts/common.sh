@@ -36,9 +36,10 @@ run_python() {
   run_or_print python "$@"
 }
 
-# default_precision: bf16 where the GPU has it, else fp32 (V100, CPU). T5 in fp16 is refused by the trainer.
+# default_precision: bf16 where the GPU has it natively, else fp32 (V100, CPU). A V100 emulates bf16, which
+# torch.cuda.is_bf16_supported() counts unless told not to. T5 in fp16 is refused by the trainer.
 default_precision() {
-  python -c "import torch; print('bf16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'fp32')"
+  python -c "import torch; print('bf16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False) else 'fp32')"
 }
 
 # free_port: a TCP port nothing listens on now (the OS picks it), for the rendezvous of the processes of one node.

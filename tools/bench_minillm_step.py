@@ -45,27 +45,7 @@ from minillm.models.tiny import PRESETS, build_model  # noqa: E402
 from minillm.objectives import Processes  # noqa: E402
 from minillm.objectives.minillm import objective as minillm_objective  # noqa: E402
 from minillm.objectives.minillm.batches import RolloutBatches  # noqa: E402
-from step_timing import DTYPES  # noqa: E402
-
-
-class CallTimer:
-    """Seconds spent inside a module's forward calls (outermost calls only) and how many there were."""
-
-    def __init__(self, module):
-        self.seconds, self.calls, self._depth, self._start = 0.0, 0, 0, 0.0
-        module.register_forward_pre_hook(self._enter)
-        module.register_forward_hook(self._exit)
-
-    def _enter(self, *_):
-        if self._depth == 0:
-            self._start = time.perf_counter()
-        self._depth += 1
-
-    def _exit(self, *_):
-        self._depth -= 1
-        if self._depth == 0:
-            self.seconds += time.perf_counter() - self._start
-            self.calls += 1
+from step_timing import DTYPES, CallTimer  # noqa: E402
 
 
 def main(argv=None) -> None:

@@ -69,6 +69,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))  # step_timing: the shared benchmark pieces
 
 TRAINERS = ("ours", "distillation", "gkd")
 LABELS = {"ours": "ours (MiniLLM)", "distillation": "TRL DistillationTrainer", "gkd": "TRL GKDTrainer"}
@@ -158,27 +159,6 @@ def make_optimizer(model, lr: float):
 
 # ------------------------------------------------------------------------------------------- timing helpers
 
-class CallTimer:
-    """Seconds inside a set of modules' forward calls (outermost calls only) and how many there were."""
-
-    def __init__(self, *modules):
-        self.seconds, self.calls, self._depth, self._start = 0.0, 0, 0, 0.0
-        for module in modules:
-            module.register_forward_pre_hook(self._enter)
-            module.register_forward_hook(self._exit)
-
-    def _enter(self, *_):
-        if self._depth == 0:
-            self._start = time.perf_counter()
-        self._depth += 1
-
-    def _exit(self, *_):
-        self._depth -= 1
-        if self._depth == 0:
-            self.seconds += time.perf_counter() - self._start
-            self.calls += 1
-
-
 class Probe:
     """Wraps the callable that generates with the student: counts calls and generated tokens, times them, and
     tells the teacher's share inside them apart."""
@@ -211,6 +191,8 @@ class Runner:
     name = ""
 
     def __init__(self, student, teacher, prompts, args):
+        from step_timing import CallTimer  # with torch: imported when a trainer is built, not for --help
+
         self.student, self.teacher, self.args = student, teacher, args
         self.teacher_timer = CallTimer(*self._teacher_modules(teacher))
         self.probe = Probe(self.teacher_timer)

@@ -526,28 +526,6 @@ def part_sft(args, cfg: dict, part: str, result: dict, result_path: Path, deadli
         raise RuntimeError(f"run(s) not completed: {bad}")
 
 
-class SyncTimer:
-    """Seconds inside a module's outermost forward calls, the GPU synchronised at both ends, and how many calls."""
-
-    def __init__(self, module):
-        self.seconds, self.calls, self._depth, self._start = 0.0, 0, 0, 0.0
-        module.register_forward_pre_hook(self._enter)
-        module.register_forward_hook(self._exit)
-
-    def _enter(self, *_):
-        if self._depth == 0:
-            sync()
-            self._start = time.perf_counter()
-        self._depth += 1
-
-    def _exit(self, *_):
-        self._depth -= 1
-        if self._depth == 0:
-            sync()
-            self.seconds += time.perf_counter() - self._start
-            self.calls += 1
-
-
 def part_minillm(args, cfg: dict, result: dict, result_path: Path) -> None:
     """tools/bench_minillm_step.py's cycle on the device there is, with synchronised timers and the trainer's
     optimizer for the precision (bf16: fp32 master weights; fp32: the clipped fused AdamW)."""
@@ -565,6 +543,7 @@ def part_minillm(args, cfg: dict, result: dict, result_path: Path) -> None:
     from minillm.objectives import Processes
     from minillm.objectives.minillm import objective as minillm_objective
     from minillm.objectives.minillm.batches import RolloutBatches
+    from step_timing import CallTimer
 
     register_presets()
     m = cfg["minillm"]
@@ -614,7 +593,7 @@ def part_minillm(args, cfg: dict, result: dict, result_path: Path) -> None:
     processes = Processes(rank=0, world_size=1, device=device,
                           sampling=SamplingScope([student, teacher], False, True, device))
     source = RolloutBatches(objective, student, prompts, None, config, processes)
-    teacher_decoder, teacher_encoder = SyncTimer(teacher), SyncTimer(teacher.encoder)
+    teacher_decoder, teacher_encoder = CallTimer(teacher, sync=sync), CallTimer(teacher.encoder, sync=sync)
     steps = source.steps_per_epoch
 
     def cycle(index: int) -> dict:

@@ -1,5 +1,6 @@
-"""Shared pieces of the step benchmarks (bench_fused_kernels.py, bench_kd_step.py): the batch-shape flags, a random
-batch of that shape, interleaved timing, and the FLOPs of a profiled matrix product.
+"""Shared pieces of the step benchmarks (bench_fused_kernels.py, bench_kd_step.py, bench_minillm_step.py,
+bench_vs_trl.py, gpu_check.py): the batch-shape flags, a random batch of that shape, interleaved timing, a timer of
+modules' forward calls, and the FLOPs of a profiled matrix product.
 
 Interleaving: the measured pieces of work take turns, one of each per round, so a machine whose speed drifts (a
 shared CPU does, by 10 % from one minute to the next) slows them all alike and their ratio holds.
@@ -17,6 +18,32 @@ import torch
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 MATMULS = ("aten::mm", "aten::bmm", "aten::addmm")  # the profiler's names of the matrix products
+
+
+class CallTimer:
+    """Seconds spent inside a set of modules' forward calls (outermost calls only: a module called inside another
+    timed one is not counted twice) and how many there were. ``sync`` (e.g. ``torch.cuda.synchronize``) runs at both
+    ends of a call, so that a GPU's queued work is inside the measured time."""
+
+    def __init__(self, *modules, sync: Callable[[], None] | None = None):
+        self.seconds, self.calls, self._depth, self._start = 0.0, 0, 0, 0.0
+        self._sync = sync or (lambda: None)
+        for module in modules:
+            module.register_forward_pre_hook(self._enter)
+            module.register_forward_hook(self._exit)
+
+    def _enter(self, *_):
+        if self._depth == 0:
+            self._sync()
+            self._start = time.perf_counter()
+        self._depth += 1
+
+    def _exit(self, *_):
+        self._depth -= 1
+        if self._depth == 0:
+            self._sync()
+            self.seconds += time.perf_counter() - self._start
+            self.calls += 1
 
 
 def add_shape_args(parser: argparse.ArgumentParser, iterations: int) -> None:

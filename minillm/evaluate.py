@@ -47,7 +47,7 @@ from .data.anli import ROUNDS
 from .data.seq2seq import read_meta
 from .evaluation import (DECODING_MODES, Decoding, check_split, evaluate, format_table, parameters_held,
                          read_inference_config, shard_for_inference, write_results)
-from .models import load_model as load_checkpoint, load_tokenizer
+from .models import check_tokenizer_matches, load_model as load_checkpoint, load_tokenizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
@@ -270,9 +270,12 @@ def evaluate_checkpoint(model_path: Path, meta: dict, args: argparse.Namespace, 
     """Score one checkpoint (beside ``teacher``, already on the device, when given), print its table (and, with
     seeds, each seed's overall figures) and write its results; returns the results."""
     model, tokenizer = load_model_and_tokenizer(model_path, args)
-    if meta["vocab_size"] > model.config.vocab_size:
-        raise InputError(f"--data-dir {args.data_dir} was tokenised with {meta['vocab_size']} tokens but "
-                         f"{model_path} has {model.config.vocab_size} logits: wrong tokenizer for this model")
+    try:  # the data, the tokenizer and the model agree (the training's check)
+        check_tokenizer_matches(tokenizer, model, meta, tokenizer_flag="tokenizer",
+                                tokenizer_path=tokenizer_path_for(model_path, args), model_flag="--model-path",
+                                model_path=model_path, data_dir=args.data_dir)
+    except ValueError as err:
+        raise InputError(str(err)) from None
     model, engine = place(model, args)
     sharding = sharding_figures(model, args)
     result = evaluate(model, tokenizer, args.data_dir, split=args.split, rounds=rounds, batch_size=args.batch_size,

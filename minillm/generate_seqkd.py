@@ -58,7 +58,7 @@ from .data.seq2seq import collate_prompts, read_meta
 from .engine.distributed import device_for, init_distributed
 from .evaluation import parameters_held, parse_answer, read_inference_config, shard_for_inference
 from .folders import replace_folder
-from .models import IGNORE_INDEX, adapter_for, load_model, load_tokenizer
+from .models import IGNORE_INDEX, adapter_for, check_tokenizer_matches, load_model, load_tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,6 +256,10 @@ def main(argv=None) -> int:
             raise ValueError(f"--model-path {args.model_path}: vocabulary of {model.config.vocab_size} tokens, but "
                              f"--data-dir {data_dir} was tokenised with {gold_meta['vocab_size']}")
         tokenizer = load_tokenizer(gold_meta["tokenizer"], flag=None)
+        # the data, its tokenizer and the model agree (the training's check)
+        check_tokenizer_matches(tokenizer, model, gold_meta, tokenizer_flag="tokenizer",
+                                tokenizer_path=gold_meta["tokenizer"], model_flag="--model-path",
+                                model_path=args.model_path, data_dir=data_dir)
         adapter = adapter_for(model, tokenizer)
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"generate_seqkd: error: {e}", file=sys.stderr)

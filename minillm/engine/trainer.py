@@ -28,7 +28,7 @@ import torch
 
 from ..data.seq2seq import read_meta
 from ..evaluation import evaluate, format_table
-from ..models import adapter_for, load_model, load_tokenizer
+from ..models import adapter_for, check_tokenizer_matches, load_model, load_tokenizer
 from ..objectives import Processes, build_objective
 from .checkpoint import find_checkpoint, load_training_state, save_checkpoint
 from .config import TrainConfig
@@ -96,11 +96,19 @@ def build_optimizer(model, config: TrainConfig, ds_config: dict):
 
 
 def load_student(config: TrainConfig, device: torch.device):
-    """The model to train, in fp32, and its tokenizer (one-line ValueErrors naming the flag when they do not load)."""
+    """The model to train, in fp32, and its tokenizer (one-line ValueErrors naming the flag when they do not load),
+    checked against the data's ``meta.json`` and the model's embedding before anything trains
+    (:func:`minillm.models.check_tokenizer_matches`): a folder without tokenizer files or with another tokenizer is
+    refused, not trained with transformers' fallback tokenizer."""
+    tokenizer_flag = "--tokenizer-path" if config.tokenizer_path else "--model-path"
+    tokenizer_path = config.tokenizer_path or config.model_path
+    tokenizer = load_tokenizer(tokenizer_path, tokenizer_flag)
     model = load_model(config.model_path, dtype=torch.float32, attn_implementation=config.attn_implementation,
                        fused_kernels=config.fused_kernels, device_type=device.type, dropout=config.dropout)
-    tokenizer_flag = "--tokenizer-path" if config.tokenizer_path else "--model-path"
-    return model, load_tokenizer(config.tokenizer_path or config.model_path, tokenizer_flag)
+    check_tokenizer_matches(tokenizer, model, read_meta(config.data_dir), tokenizer_flag=tokenizer_flag,
+                            tokenizer_path=tokenizer_path, model_flag="--model-path", model_path=config.model_path,
+                            data_dir=config.data_dir)
+    return model, tokenizer
 
 
 def enable_gradient_checkpointing(model) -> list[str]:

@@ -5,6 +5,8 @@
 # DRY_RUN=1: the first command a script would run (python or a launcher with its module and every flag) is printed
 # as one shell-quoted line on stdout instead, and the script ends with status 0, having run and created nothing.
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The script that sourced this file, as an absolute path (before it can cd): warn_unknown_settings reads it.
+_calling_script="$(cd "$(dirname "${BASH_SOURCE[-1]}")" && pwd)/$(basename "${BASH_SOURCE[-1]}")"
 
 # Use the repository's .venv unless the caller runs inside an environment of its own (USE_ACTIVE_ENV=1).
 if [[ "${USE_ACTIVE_ENV:-0}" != "1" && -z "${VIRTUAL_ENV:-}" && -x "$REPO/.venv/bin/python" ]]; then
@@ -23,6 +25,7 @@ exit_with_usage_if_asked() {
 
 # run_or_print COMMAND...: run COMMAND, or with DRY_RUN=1 print it (one line, shell-quoted) and end the script.
 run_or_print() {
+  warn_about_launch
   if [[ "${DRY_RUN:-0}" == "1" ]]; then
     local quoted
     printf -v quoted '%q ' "$@"
@@ -42,6 +45,90 @@ default_precision() {
   python -c "import torch; print('bf16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False) else 'fp32')"
 }
 
+# default_num_gpus: the number of GPUs this node shows (`nvidia-smi -L`), counting only those CUDA_VISIBLE_DEVICES
+# names when it is set; 1 without a GPU (a CPU runs one process). Scripts take it as NUM_GPUS when neither their
+# second argument nor NUM_GPUS says otherwise.
+default_num_gpus() {
+  local listed=0 visible=-1 id
+  if command -v nvidia-smi > /dev/null 2>&1; then
+    listed="$(nvidia-smi -L 2> /dev/null | grep -c '^GPU ' || true)"
+  fi
+  if [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then
+    visible=0
+    local ids
+    IFS=, read -ra ids <<< "$CUDA_VISIBLE_DEVICES"
+    for id in "${ids[@]}"; do  # CUDA stops at the first entry it cannot use (-1, empty)
+      id="${id// /}"
+      [[ -z "$id" || "$id" == -* ]] && break
+      visible=$((visible + 1))
+    done
+    if (( listed > 0 && visible > listed )); then visible="$listed"; fi
+    listed="$visible"
+  fi
+  echo $(( listed > 0 ? listed : 1 ))
+}
+
+# warn_unknown_settings LABEL: one stderr line for each upper-case environment variable that looks like a setting
+# of the calling script but is none (neither the script nor common.sh reads it), so it would be silently ignored:
+# a name within edit distance 2 of a real setting ("MAX_STEP=5 ...; did you mean MAX_STEPS?"), or one another
+# script under scripts/ or t5-scripts/ reads (TRAIN_ROUND on a recipe that has no rounds). System variables (PATH,
+# CUDA_*, NCCL_*, ...) are never reported. A warning, not an error: the run goes on.
+warn_unknown_settings() {
+  local label="$1" script="$_calling_script"
+  [[ -f "$script" && "$(basename "$script")" != common.sh ]] || return 0
+  python - "$label" "$script" "${BASH_SOURCE[0]}" "$REPO" <<'PY' || true
+import os, re, sys
+from pathlib import Path
+label, script, common, repo = sys.argv[1:5]
+names = lambda path: set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", Path(path).read_text(errors="replace")))
+system = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "PWD", "OLDPWD", "SHLVL", "HOSTNAME", "MAIL",
+          "TMPDIR", "TZ", "DISPLAY", "EDITOR", "PAGER", "VISUAL", "COLUMNS", "LINES", "OMP_NUM_THREADS",
+          "PYTHONPATH", "VIRTUAL_ENV", "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE",
+          "TOKENIZERS_PARALLELISM", "HF_HOME", "HF_HUB_OFFLINE", "DEBIAN_FRONTEND"}
+system_prefixes = ("LC_", "CUDA_", "NCCL_", "NVIDIA_", "OMP_", "MKL_", "KMP_", "PYTHON", "PIP_", "CONDA", "HF_",
+                   "TRANSFORMERS_", "TORCH", "WANDB_", "SLURM_", "PBS_", "SSH_", "XDG_", "GIT_", "SSL_", "TERM_",
+                   "PYENV", "VIRTUAL_ENV", "LD_", "DBUS_", "TMUX", "BASH_", "HIST", "NODE_", "NPM_", "CARGO",
+                   "RUST", "AWS_", "GOOGLE_", "GCP_", "AZURE_", "KUBERNETES_", "DOCKER_")
+own = names(script) | names(common)
+others = {}
+for folder in ("scripts", "t5-scripts"):
+    for path in sorted(Path(repo, folder).rglob("*.sh")):
+        for name in names(path):
+            others.setdefault(name, path.name)
+
+def distance(a, b):
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
+
+where = os.path.basename(script)
+for name in sorted(os.environ):
+    if (not re.fullmatch(r"[A-Z][A-Z0-9_]*", name) or name in own or name in system
+            or name.startswith(system_prefixes) or len(name) < 3):
+        continue
+    best = min(own, key=lambda real: (distance(name, real), real)) if own else None
+    close = best is not None and distance(name, best) <= (1 if len(name) <= 5 else 2)
+    if close or name in others:
+        hint = f"did you mean {best}?" if close else f"{others[name]} reads it, {where} does not"
+        print(f"{label}: WARNING: {name} is not a setting of {where}, so {name}={os.environ[name]} is ignored; "
+              f"{hint}", file=sys.stderr)
+PY
+}
+
+# warn_about_launch: the checks every script gets before its first command runs (or is printed with DRY_RUN=1):
+# ignored settings (warn_unknown_settings), labelled with the outermost common.sh function the script called.
+warn_about_launch() {
+  local label="${FUNCNAME[1]}" f
+  for f in "${FUNCNAME[@]:1}"; do
+    [[ "$f" == main || "$f" == source ]] && break
+    label="$f"
+  done
+  warn_unknown_settings "$label"
+}
+
 # free_port: a TCP port nothing listens on now (the OS picks it), for the rendezvous of the processes of one node.
 free_port() {
   python -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
@@ -51,7 +138,8 @@ free_port() {
 # node runs as plain python (a world of one); several run under torchrun (the launcher MiniLLM's own scripts use);
 # with HOSTFILE the DeepSpeed launcher starts them on every node it lists. Each launcher costs seconds of start-up,
 # so the lightest one that can do the job is used. Environment:
-#   NUM_GPUS [1] processes per node   NUM_NODES [1]   HOSTFILE (multi-node; see configs/hostfiles/)
+#   NUM_GPUS [1; scripts default it to default_num_gpus: the GPUs this node shows, 1 without one] processes per
+#   node (a warning when they outnumber the node's cores, nproc)   NUM_NODES [1]   HOSTFILE (multi-node; see configs/hostfiles/)
 #   MASTER_PORT [a port free on this node; set it on every node when each runs its own launcher (--no_ssh)]
 #   LAUNCHER_ARGS (more launcher flags: torchrun's on one node, e.g. "--log-dir LOGS", which also selects torchrun
 #   for one process; deepspeed's with HOSTFILE, e.g. "--no_ssh --node_rank 1")
@@ -66,6 +154,12 @@ launch_module() {
   if [[ -n "${HOSTFILE:-}" && ! -f "$HOSTFILE" ]]; then
     echo "launch_module: HOSTFILE=$HOSTFILE not found (examples in $REPO/configs/hostfiles/)" >&2
     exit 2
+  fi
+  local cores
+  cores="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2> /dev/null || echo 0)"  # the cores, not a thread cap
+  if (( cores > 0 && num_gpus > cores )); then
+    echo "launch_module: WARNING: NUM_GPUS=$num_gpus processes per node outnumber this node's $cores cores (nproc);" \
+      "set NUM_GPUS (or the script's second argument) to the node's GPUs, 1 on a CPU" >&2
   fi
   local port="${MASTER_PORT:-$(free_port)}"
   read -ra launcher_extra <<< "${LAUNCHER_ARGS:-}"
@@ -109,7 +203,11 @@ launch_training() {
   fi
   if [[ "${DRY_RUN:-0}" != "1" ]]; then  # a dry run prints the command alone and creates nothing
     mkdir -p "$SAVE_DIR"
-    echo "launch_training: ${NUM_NODES:-1} node(s) x ${NUM_GPUS:-1} process(es), $(basename "$DS_CONFIG"), -> $SAVE_DIR"
+    local processes="?" global="?"  # launch_module refuses counts that are not whole numbers
+    if [[ "${NUM_NODES:-1}${NUM_GPUS:-1}" =~ ^[0-9]+$ ]]; then processes=$(( ${NUM_NODES:-1} * ${NUM_GPUS:-1} )); fi
+    if [[ "$processes$BATCH_SIZE$GRAD_ACC" =~ ^[0-9]+$ ]]; then global=$(( BATCH_SIZE * processes * GRAD_ACC )); fi
+    echo "launch_training: ${NUM_NODES:-1} node(s) x ${NUM_GPUS:-1} process(es), global batch $global" \
+      "(BATCH_SIZE $BATCH_SIZE x $processes process(es) x GRAD_ACC $GRAD_ACC), $(basename "$DS_CONFIG"), -> $SAVE_DIR"
   fi
   launch_module minillm.finetune \
     --model-path "$CKPT" --data-dir "${DATA_DIR:-$BASE/processed_data/anli/flan-label}" --save-dir "$SAVE_DIR" \

@@ -139,3 +139,6 @@ step "12/12 the comparison"
 run_python "$BASE/tools/compare_runs.py" "$WORK"
 
 step "done: data $DATA_DIR, checkpoints $RESULTS/{sft/teacher,sft/student,kd/student,seqkd/student,minillm/student}/{best,last}"
+
+step "report: dev curves, MiniLLM's figures and the per-round test bars (tools/report.py); its path last"
+run_python "$BASE/tools/report.py" "$WORK" --out "$WORK/report"

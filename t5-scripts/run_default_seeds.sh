@@ -40,3 +40,5 @@ done
 source "$BASE/t5-scripts/common.sh"  # again: activates the .venv the first run_default.sh may have made
 printf '\n== the methods across %d seed(s)\n' "${#RUNS[@]}"
 run_python "$BASE/tools/compare_runs.py" "${RUNS[@]}" --metric "${METRIC:-accuracy_rank}"
+printf '\n== report of the %d seed(s): plots and report.md (tools/report.py); its path last\n' "${#RUNS[@]}"
+run_python "$BASE/tools/report.py" "${RUNS[@]}" --out "$WORK_ROOT/report"

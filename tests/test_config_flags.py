@@ -80,3 +80,22 @@ def test_dolly_responses_are_selected_by_rouge_l(flags, tmp_path):
     assert parse_config(flags).selection_metric() == "rougeL"
     with pytest.raises(ValueError, match=r"--select-by rougeL \(auto: the data has free-text targets\)"):
         parse_config([*flags, "--no-eval-generate"]).validate()
+
+
+def test_a_shortened_flag_is_refused(flags, capsys):
+    """No argparse prefix matching: --max-step is an error, not --max-steps."""
+    with pytest.raises(SystemExit):
+        parse_config(flags + deepspeed_config("zero1_fp32.json") + ["--max-step", "5"])
+    assert "--max-step" in capsys.readouterr().err
+    assert parse_config(flags + deepspeed_config("zero1_fp32.json") + ["--max-steps", "5"]).max_steps == 5
+
+
+def test_warmup_longer_than_the_run_warns(flags, capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    config = parse_config(flags + deepspeed_config("zero1_fp32.json") + ["--max-steps", "50", "--warmup-steps", "100"])
+    config.validate()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "--warmup-steps 100" in lines[0] and "--max-steps 50" in lines[0]
+    parse_config(flags + deepspeed_config("zero1_fp32.json") + ["--max-steps", "500", "--warmup-steps", "100"]).validate()
+    parse_config(flags + deepspeed_config("zero1_fp32.json") + ["--warmup-steps", "100"]).validate()  # epochs decide
+    assert capsys.readouterr().err == ""

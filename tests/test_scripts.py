@@ -180,3 +180,80 @@ def test_two_node_recipe_uses_the_deepspeed_launcher(tmp_path):
     assert command[0] == "deepspeed"
     assert command[command.index("--num_nodes") + 1] == "2"
     assert Path(command[command.index("--hostfile") + 1]).is_file()
+
+
+# ---- Safe defaults and no silently ignored settings (issue 27) ----------------------------------------------------
+
+def fake_bin(tmp_path: Path, **programs: str) -> str:
+    """A folder of fake executables (name -> bash body), put first on PATH."""
+    folder = tmp_path / "bin"
+    folder.mkdir(exist_ok=True)
+    for name, body in programs.items():
+        (folder / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (folder / name).chmod(0o755)
+    return f"{folder}{os.pathsep}{os.environ['PATH']}"
+
+
+def dry_run_kd_small(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    base = tmp_path / "base"
+    base.mkdir(exist_ok=True)
+    env = {"DRY_RUN": "1", "PRECISION": "bf16", "MASTER_PORT": "29500", **env}
+    result = run_script("t5-scripts/kd/kd_small.sh", str(base), *args, base=base, **env)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def processes(result: subprocess.CompletedProcess) -> int:
+    command = shlex.split(result.stdout.splitlines()[-1])
+    return int(command[command.index("--nproc-per-node") + 1]) if command[0] == "torchrun" else 1
+
+
+def test_num_gpus_defaults_to_one_without_a_gpu(tmp_path):
+    path = fake_bin(tmp_path, **{"nvidia-smi": "exit 9"})  # no GPU here, whatever this machine has
+    result = dry_run_kd_small(tmp_path, PATH=path)
+    assert shlex.split(result.stdout)[:3] == ["python", "-m", "minillm.finetune"]
+
+
+def test_num_gpus_defaults_to_the_visible_gpus(tmp_path):
+    listing = "\n".join(f"GPU {i}: NVIDIA A100-SXM4-80GB (UUID: GPU-{i})" for i in range(4))
+    path = fake_bin(tmp_path, **{"nvidia-smi": f"[[ \"$1\" == -L ]] && printf '%s\\n' '{listing}'"})
+    assert processes(dry_run_kd_small(tmp_path, PATH=path)) == 4
+    assert processes(dry_run_kd_small(tmp_path, PATH=path, CUDA_VISIBLE_DEVICES="1,3")) == 2
+    assert processes(dry_run_kd_small(tmp_path, PATH=path, CUDA_VISIBLE_DEVICES="")) == 1
+    # the second argument and an explicit NUM_GPUS still win
+    assert processes(dry_run_kd_small(tmp_path, "2", PATH=path, NUM_GPUS="3")) == 2
+    assert processes(dry_run_kd_small(tmp_path, PATH=path, NUM_GPUS="3")) == 3
+
+
+def test_a_misspelt_setting_is_reported_with_the_nearest_name(tmp_path):
+    result = dry_run_kd_small(tmp_path, MAX_STEP="5", TRAIN_ROUND="r1")
+    warnings = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 2, result.stderr
+    assert "MAX_STEP is not a setting of kd_small.sh" in warnings[0] and "did you mean MAX_STEPS?" in warnings[0]
+    assert "TRAIN_ROUND is not a setting of kd_small.sh" in warnings[1]
+    assert len(result.stdout.splitlines()) == 1  # the dry run's command, alone on stdout
+    clean = dry_run_kd_small(tmp_path, MAX_STEPS="5", CUDA_VISIBLE_DEVICES="0", OMP_NUM_THREADS="1")
+    assert "WARNING" not in clean.stderr and "--max-steps 5" in clean.stdout
+
+
+def test_more_processes_than_cores_warns(tmp_path):
+    cores = int(subprocess.run(["env", "-u", "OMP_NUM_THREADS", "-u", "OMP_THREAD_LIMIT", "nproc"],
+                               capture_output=True, text=True).stdout)
+    result = dry_run_kd_small(tmp_path, str(cores + 1))
+    assert f"NUM_GPUS={cores + 1} processes per node outnumber this node's {cores} cores" in result.stderr
+    assert "outnumber" not in dry_run_kd_small(tmp_path, str(cores)).stderr
+
+
+def test_the_launch_line_gives_the_global_batch(tmp_path):
+    # A fake python runs in place of the trainer (and hands every other call to the real one).
+    real = subprocess.run(["bash", "-c", "command -v python"], capture_output=True, text=True).stdout.strip()
+    path = fake_bin(tmp_path, python=f'[[ "$1 $2" == "-m minillm.finetune" ]] && {{ echo TRAINER; exit 0; }}\n'
+                                     f'exec "{real}" "$@"')
+    base = tmp_path / "base"
+    base.mkdir()
+    result = run_script("t5-scripts/kd/kd_small.sh", str(base), "1", base=base, PATH=path, PRECISION="bf16",
+                        MASTER_PORT="29500", VIRTUAL_ENV=str(tmp_path), BATCH_SIZE="4", GRAD_ACC="3")
+    assert result.returncode == 0, result.stderr
+    launch, trainer = result.stdout.splitlines()
+    assert launch.startswith("launch_training: 1 node(s) x 1 process(es), global batch 12 ")
+    assert "(BATCH_SIZE 4 x 1 process(es) x GRAD_ACC 3)" in launch and trainer == "TRAINER"

@@ -204,6 +204,9 @@ class TrainConfig:
         problems += self._model_parallel_problems()
         if problems:
             raise ValueError("; ".join(problems))
+        if 0 < self.max_steps < self.warmup_steps and os.environ.get("RANK", "0") == "0":
+            print(f"--warmup-steps {self.warmup_steps} is longer than the run (--max-steps {self.max_steps}): the "
+                  "learning rate never reaches --lr", file=sys.stderr)
         if self.model_parallel and os.environ.get("RANK", "0") == "0":  # one line per run, not one per process
             print(f"--model-parallel-size {self.model_parallel_size}: tensor parallelism is not used; the model is "
                   f"sharded with ZeRO-3 instead (--deepspeed-config {self.deepspeed_config})", file=sys.stderr)
@@ -270,7 +273,9 @@ class TrainConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train a student (Flan-T5 or a decoder-only model) on processed "
+    # allow_abbrev=False: a misspelt or shortened flag (--max-step) is refused, never taken for another (--max-steps)
+    parser = argparse.ArgumentParser(allow_abbrev=False,
+                                     description="Train a student (Flan-T5 or a decoder-only model) on processed "
                                                  "shards (ANLI, Dolly) with DeepSpeed.")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")

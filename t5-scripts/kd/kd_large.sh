@@ -9,7 +9,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 exit_with_usage_if_asked "$@"
 BASE="$(cd "${1:?usage: $0 BASE [NUM_GPUS]}" && pwd)"
-NUM_GPUS="${2:-${NUM_GPUS:-8}}"
+NUM_GPUS="${2:-${NUM_GPUS:-$(default_num_gpus)}}"
 
 : "${CKPT:=google/flan-t5-large}" "${TEACHER_CKPT:=$BASE/results/anli/sft/xl/best}" "${BATCH_SIZE:=4}" "${GRAD_ACC:=4}"
 : "${LR:=1e-4}" "${EPOCHS:=3}" "${ZERO_STAGE:=3}" "${KD_RATIO:=0.5}" "${KD_LOSS:=fkl}" "${JSD_BETA:=0.5}" "${SKEW_ALPHA:=0.1}"

@@ -12,7 +12,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 exit_with_usage_if_asked "$@"
 BASE="$(cd "${1:?usage: $0 BASE [NUM_GPUS]}" && pwd)"
-NUM_GPUS="${2:-${NUM_GPUS:-8}}"
+NUM_GPUS="${2:-${NUM_GPUS:-$(default_num_gpus)}}"
 
 : "${CKPT:=$BASE/results/anli/sft/large/best_loss}" "${TEACHER_CKPT:=$BASE/results/anli/sft/xl/best}"
 : "${PROMPT_DATA_DIR:?set PROMPT_DATA_DIR to a processed folder (its prompt/ shards are sampled from)}"

@@ -6,4 +6,4 @@ source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 exit_with_usage_if_asked "$@"
 BASE="$(cd "${1:?usage: $0 BASE [NUM_GPUS]}" && pwd)"
 LM_DATA_DIR="" SAVE_DIR="${SAVE_DIR:-$BASE/results/anli/minillm/small_xl_no_lm}" \
-  exec bash "$REPO/t5-scripts/minillm/train_small_xl.sh" "$BASE" "${2:-${NUM_GPUS:-8}}"
+  exec bash "$REPO/t5-scripts/minillm/train_small_xl.sh" "$BASE" "${2:-${NUM_GPUS:-$(default_num_gpus)}}"

@@ -8,7 +8,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 exit_with_usage_if_asked "$@"
 BASE="$(cd "${1:?usage: $0 BASE [NUM_GPUS]}" && pwd)"
-NUM_GPUS="${2:-${NUM_GPUS:-8}}"
+NUM_GPUS="${2:-${NUM_GPUS:-$(default_num_gpus)}}"
 
 : "${CKPT:=google/flan-t5-large}" "${DATA_DIR:=$BASE/processed_data/anli/seqkd-xl}" "${BATCH_SIZE:=4}" "${GRAD_ACC:=4}"
 : "${LR:=1e-4}" "${EPOCHS:=3}" "${ZERO_STAGE:=2}" "${KD_RATIO:=0}" "${KD_LOSS:=fkl}" "${TEACHER_CKPT:=$BASE/results/anli/sft/xl/best}"

@@ -8,7 +8,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 exit_with_usage_if_asked "$@"
 BASE="$(cd "${1:?usage: $0 BASE [NUM_GPUS]}" && pwd)"
-NUM_GPUS="${2:-${NUM_GPUS:-8}}"
+NUM_GPUS="${2:-${NUM_GPUS:-$(default_num_gpus)}}"
 
 : "${CKPT:=google/flan-t5-small}" "${BATCH_SIZE:=32}" "${GRAD_ACC:=1}" "${LR:=3e-4}" "${EPOCHS:=3}" "${ZERO_STAGE:=1}"
 : "${SELECT_BY:=auto}" "${ALSO_SELECT_BY:=loss}" "${SAVE_DIR:=$BASE/results/anli/sft/small}"

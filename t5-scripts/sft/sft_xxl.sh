@@ -6,7 +6,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 exit_with_usage_if_asked "$@"
 BASE="$(cd "${1:?usage: $0 BASE [NUM_GPUS]}" && pwd)"
-NUM_GPUS="${2:-${NUM_GPUS:-8}}"
+NUM_GPUS="${2:-${NUM_GPUS:-$(default_num_gpus)}}"
 
 : "${CKPT:=google/flan-t5-xxl}" "${BATCH_SIZE:=2}" "${GRAD_ACC:=8}" "${LR:=3e-5}" "${EPOCHS:=2}" "${ZERO_STAGE:=3_offload}"
 : "${SELECT_BY:=auto}" "${SAVE_DIR:=$BASE/results/anli/sft/xxl}"

@@ -9,7 +9,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../../../t5-scripts/common.sh"
 exit_with_usage_if_asked "$@"
 BASE="$(cd "${1:-$REPO}" && pwd)"
-NUM_GPUS="${2:-${NUM_GPUS:-16}}"
+NUM_GPUS="${2:-${NUM_GPUS:-$(default_num_gpus)}}"
 FAMILY=gpt2
 
 : "${CKPT:=gpt2}"

@@ -103,3 +103,13 @@ def test_bad_input_refused(tmp_path):
     assert "\n" not in error and error.startswith("report.py: ") and str(empty) in error
     assert "metrics.jsonl" in error
     assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_evaluated_work_without_metrics_gets_the_bars(tmp_path):
+    work = write_tree(tmp_path, 0)
+    for path in work.rglob("metrics.jsonl"):
+        path.unlink()
+    result = run_tool(work, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    linked = re.findall(r"\]\(([^)]+\.png)\)", (tmp_path / "out" / "report.md").read_text())
+    assert linked == ["test_bars.png"]

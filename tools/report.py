@@ -15,6 +15,7 @@ folders (``tools/compare_runs.py`` METHODS). Figures:
   the per-round score of each method's ``best/`` as grouped bars, the mean over the WORK folders (one per seed) with
   its 95 % t-interval when there are several (``tools/compare_runs.py``'s statistics).
 
+A WORK folder whose models were evaluated but hold no ``metrics.jsonl`` contributes to the bar figure only.
 ``report.md`` links each figure on one line; its path is printed last. A RUN_DIR without ``metrics.jsonl`` is
 refused in one line (exit status 2). Every file is written under a temporary name and renamed.
 """
@@ -67,7 +68,8 @@ def find_runs(folder: Path) -> list[tuple[str, Path]]:
         return [(folder.name, folder)]
     found = [(f"{folder.name} {method}", folder / "results" / sub) for method, sub in METHODS.items()
              if (folder / "results" / sub / "metrics.jsonl").is_file()]
-    if not found:
+    evaluated = any((folder / "results" / sub / "best" / "eval").is_dir() for sub in METHODS.values())
+    if not found and not evaluated:  # a WORK folder with evaluations only gets the bar figure
         fail(f"{folder} has no metrics.jsonl (neither {folder}/metrics.jsonl nor "
              f"{folder}/results/<method>/metrics.jsonl): give training folders or run_default.sh WORK folders")
     return found

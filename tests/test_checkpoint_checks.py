@@ -98,7 +98,7 @@ def test_a_missing_path_says_no_such_folder(path):
     with pytest.raises(ValueError) as err:
         load_model(path, flag="--teacher-model-path")
     text = one_line(err)
-    assert text.startswith(f"--teacher-model-path {path}: no such folder")
+    assert text.startswith(f"--teacher-model-path {path}: cannot load it (no such folder)")
     assert "repo id" not in text.lower()
 
 

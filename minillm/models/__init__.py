@@ -80,7 +80,7 @@ def check_local_path(path, flag: str | None):
         expanded = Path(path).expanduser()
         if not expanded.is_dir():
             what = "a file, not a folder" if expanded.exists() else "no such folder"
-            raise ValueError(f"{flag or 'path'} {path}: {what}; give a checkpoint folder (config.json + weights) or "
+            raise ValueError(f"{flag or 'path'} {path}: cannot load it ({what}); give a checkpoint folder (config.json + weights) or "
                              "a hub name such as google/flan-t5-base")
         return str(expanded) if str(path).startswith("~") else path
     return path

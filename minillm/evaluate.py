@@ -73,7 +73,8 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = OneLineErrorParser(prog="python -m minillm.evaluate", description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m minillm.evaluate", description=__doc__.split("\n\n")[0],
+                                allow_abbrev=False)
     parser.add_argument("--model-path", required=True, nargs="+",
                         help="checkpoint folder(s) (Hugging Face layout), evaluated in turn")
     parser.add_argument("--data-dir", required=True,

@@ -62,7 +62,8 @@ from .models import IGNORE_INDEX, adapter_for, check_tokenizer_matches, load_mod
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Generate SeqKD targets: the teacher's output for every prompt.")
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                description="Generate SeqKD targets: the teacher's output for every prompt.")
     p.add_argument("--model-path", required=True, help="teacher checkpoint (hub name or folder)")
     p.add_argument("--data-dir", required=True,
                    help="processed gold data (output of process_data_anli.sh or process_data_dolly.sh)")

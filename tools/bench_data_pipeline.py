@@ -43,7 +43,7 @@ def make_train_sized_set(anli: Path, out: Path) -> int:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--anli", type=Path, default=REPO.parent / "shared" / "data" / "anli")
     p.add_argument("--tokenizer", default=str(REPO.parent / "shared" / "tokenizers" / "flan-t5"))
     args = p.parse_args()

@@ -34,7 +34,7 @@ from step_timing import (DTYPES, MATMULS, add_shape_args, interleaved_medians, m
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="flan-t5-small", choices=tuple(PRESETS))
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="then profile the CPU set and print its N costliest operations (default 0: no profile)")

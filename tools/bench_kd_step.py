@@ -36,7 +36,7 @@ from step_timing import DTYPES, add_shape_args, interleaved_medians, parse_shape
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument("--student", default="flan-t5-small", choices=tuple(PRESETS))
     parser.add_argument("--teacher", default="flan-t5-base", choices=tuple(PRESETS))
     parser.add_argument("--kd-loss", default="fkl", choices=tuple(DIVERGENCES))

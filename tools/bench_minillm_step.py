@@ -49,7 +49,7 @@ from step_timing import DTYPES, CallTimer  # noqa: E402
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--student", default="flan-t5-small", choices=tuple(PRESETS))
     p.add_argument("--teacher", default="flan-t5-base", choices=tuple(PRESETS))
     p.add_argument("--vocab-size", type=int, default=32128)

@@ -75,7 +75,7 @@ class SeparateMultiplyMasterAdamW(BF16MasterWeightAdamW):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="flan-t5-small", choices=tuple(PRESETS))
     parser.add_argument("--vocab-size", type=int, default=32128)
     parser.add_argument("--threads", type=int, default=0, help="default: all cores this process may use")

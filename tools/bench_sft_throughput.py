@@ -237,7 +237,7 @@ def trained_flops(model_dir: Path, data_dir: Path, args) -> tuple[float, int]:
 # ------------------------------------------------------------------------------------------- main
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=40, help="optimizer steps per training run (default 40)")
     p.add_argument("--warmup-steps", type=int, default=5, help="first steps left out of the figures (default 5)")
     p.add_argument("--batch-size", type=int, default=8, help="examples per step (default 8)")

@@ -384,7 +384,7 @@ class PromptCollator:
 # ------------------------------------------------------------------------------------------- main
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="rounds; each runs every trainer once, in turn")
     p.add_argument("--warmup-steps", type=int, default=2, help="untimed optimizer steps at the start of each round")
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per round and trainer")

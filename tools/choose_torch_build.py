@@ -195,7 +195,7 @@ def probe() -> Tuple[Optional[str], Optional[str]]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument("--smi", help="a recorded plain `nvidia-smi` output instead of running it")
     parser.add_argument("--query", help="a recorded `nvidia-smi --query-gpu=...` csv instead of running it")
     parser.add_argument("--no-gpu", action="store_true", help="as if there were no nvidia-smi")

@@ -889,7 +889,7 @@ def main_parent(args) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, help="the JSON (default $OUT/gpu_check.json, or ./gpu_check.json)")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, for the CPU test")
     p.add_argument("--parts", nargs="+", choices=PART_ORDER, default=list(PART_ORDER))

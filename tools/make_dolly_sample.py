@@ -14,7 +14,7 @@ from minillm.data.dolly import sample_rows, write_jsonl_atomically  # noqa: E402
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="JSON-lines file to write")
     p.add_argument("--rows", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)

@@ -26,7 +26,7 @@ def fail(message: str):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder; the files go to OUT/plain_text")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-per-round", type=int, default=3000)

@@ -51,7 +51,8 @@ DEFAULT_VOCAB_SIZE = 1000
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--presets", required=True, nargs="+", metavar="PRESET",
                         help=f"t5: any of {', '.join(PRESETS)}; gpt2, opt, llama: any of {', '.join(CAUSAL_PRESETS)}")

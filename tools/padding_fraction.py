@@ -33,7 +33,7 @@ def fail(message: str):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="an output folder of process_data_anli.sh")
     parser.add_argument("--round", default=TRAINER_DEFAULTS["train_round"], choices=("r1", "r2", "r3", "all"))
     parser.add_argument("--split", default="train", choices=("train", "dev", "test"))

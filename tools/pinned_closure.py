@@ -46,7 +46,7 @@ def pinned_closure(roots: list[str], exclude_closure_of: list[str] = (), exclude
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("roots", nargs="+", help="installed packages to start from")
     p.add_argument("--exclude-closure-of", nargs="*", default=[], help="leave out these and all they require")
     p.add_argument("--exclude", nargs="*", default=[], help="leave out these packages")

@@ -21,7 +21,7 @@ from minillm.data.templates import TARGET_KINDS, TEMPLATES  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--raw-dir", type=Path, help="raw ANLI folder (either layout); default: --download-dir, "
                    "downloading facebook/anli there if it holds no data")
     p.add_argument("--download-dir", type=Path, help="where to download facebook/anli when --raw-dir is not given")

@@ -25,7 +25,7 @@ from minillm.data.templates import INSTRUCTION_TEMPLATES  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--raw-file", type=Path, help="Dolly JSON lines (databricks-dolly-15k or MiniLLM raw.jsonl fields)")
     p.add_argument("--download-dir", type=Path, help="where to look for (or download) the data without --raw-file")
     p.add_argument("--out-dir", type=Path, required=True)

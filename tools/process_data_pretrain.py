@@ -23,7 +23,7 @@ from minillm.data.process import MODEL_TYPES  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--corpus-dir", type=Path, help="folder of .txt (a document per line) and .jsonl (text) files")
     source.add_argument("--hf-dataset", help="Hugging Face dataset with a text column, streamed (e.g. openwebtext)")

@@ -28,7 +28,7 @@ from minillm.data.process import (build_pseudo_shards, build_pseudo_text, build_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--generated-dir", type=Path, required=True, help="output of generate_data_seqkd.sh")
     p.add_argument("--gold-dir", type=Path, required=True, help="processed gold data the teacher generated from")
     p.add_argument("--out-dir", type=Path, required=True)

@@ -24,7 +24,7 @@ the GPU when there is one. Bad input (flags included) is reported in one line on
 
 Sharded (a model too large for one device, such as an 11B Flan-T5-XXL teacher): with ``--deepspeed-config`` a
 ZeRO-3 file (training's ``configs/deepspeed/zero3*_*.json``), every checkpoint and the teacher are held by a DeepSpeed
-ZeRO-3 inference engine over the launched processes (:func:`minillm.evaluation.shard_for_inference`): each process
+ZeRO-3 inference engine over the launched processes (:func:`minillm.engine.gathering.shard_for_inference`): each process
 keeps 1/P of every parameter and the layers are gathered one at a time for each forward call. The examples are dealt
 out to the processes (``rank::P``, padded to equal work, generation with ``synced_gpus``) and the results gathered,
 so the figures and predictions are those of one process holding the whole model; process 0 prints and writes. The
@@ -45,8 +45,9 @@ import torch.distributed as dist
 
 from .data.anli import ROUNDS
 from .data.seq2seq import read_meta
-from .evaluation import (DECODING_MODES, Decoding, check_split, evaluate, format_table, parameters_held,
-                         read_inference_config, shard_for_inference, write_results)
+from .engine.gathering import parameters_held, shard_for_inference
+from .evaluation import (DECODING_MODES, Decoding, check_split, evaluate, format_table, read_inference_config,
+                         write_results)
 from .models import check_tokenizer_matches, load_model as load_checkpoint, load_tokenizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

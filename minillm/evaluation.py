@@ -74,8 +74,9 @@ results are gathered to every rank with ``all_gather_object``, so every rank ret
 order as a single process would.
 Pass the bare model (``engine.module`` under DeepSpeed; a teacher may be a DeepSpeed inference engine, whose
 ``.module`` is used), and write files from one rank only. A model too large for one device is sharded for inference
-by :func:`shard_for_inference` (ZeRO-3: each rank holds 1/P of every parameter; ``minillm.evaluate`` and
-``minillm.generate_seqkd`` with ``--deepspeed-config``); the figures are the same as unsharded.
+by :func:`minillm.engine.gathering.shard_for_inference` (ZeRO-3: each rank holds 1/P of every parameter;
+``minillm.evaluate`` and ``minillm.generate_seqkd`` with ``--deepspeed-config``); the figures are the same as
+unsharded.
 """
 
 from __future__ import annotations
@@ -514,39 +515,6 @@ def read_inference_config(path) -> dict:
         raise ValueError(f"--deepspeed-config {path}: not a DeepSpeed JSON object")
     return {"path": str(path), "zero_stage": zero_stage(config), "precision": precision(config),
             "zero_optimization": dict(config.get("zero_optimization", {}))}
-
-
-def shard_for_inference(model, zero_optimization: dict):
-    """``model`` (frozen, in eval mode) inside a DeepSpeed ZeRO-3 inference engine, as the trainer holds a ZeRO-3
-    teacher: every parameter is partitioned over the processes of the group (each keeps 1/P of it, on its device;
-    ``offload_param`` from ``zero_optimization`` keeps the partitions in CPU memory instead) and gathered a layer at
-    a time for each forward call, then released. Every process must therefore make the same calls (the evaluation
-    and the SeqKD generation pad their shares and pass ``synced_gpus=True`` to ``generate``). The engine's bf16
-    follows the model's dtype. Returns the engine; pass ``engine.module`` (the bare model, whose hooks gather)."""
-    import deepspeed
-
-    zero = {key: value for key, value in zero_optimization.items() if key != "offload_optimizer"}  # no optimizer
-    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {**zero, "stage": 3},
-              "bf16": {"enabled": next(model.parameters()).dtype == torch.bfloat16},
-              "steps_per_print": 10**9, "wall_clock_breakdown": False}
-    model.requires_grad_(False).eval()
-    engine = deepspeed.initialize(model=model, config=config)[0]  # no optimizer: parameters sharded only
-    engine.eval()
-    return engine
-
-
-def parameters_held(model) -> tuple[int, int]:
-    """``(parameters of the model, elements this process holds)``: a ZeRO-3 parameter counts its own partition
-    (the whole tensor when it stays whole, below ``stage3_param_persistence_threshold``), any other its size."""
-    total = held = 0
-    for parameter in model.parameters():
-        if hasattr(parameter, "ds_numel"):
-            total += parameter.ds_numel
-            held += parameter.ds_numel if getattr(parameter, "ds_persist", False) else parameter.ds_tensor.numel()
-        else:
-            total += parameter.numel()
-            held += parameter.numel()
-    return total, held
 
 
 # ------------------------------------------------------------------------------------------- entry points

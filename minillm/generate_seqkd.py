@@ -18,7 +18,7 @@ its share by length and generates in batches (greedy, or sampling with temperatu
 ``OUT_DIR/{round}/{split}.jsonl`` and ``OUT_DIR/meta.json`` (into a temporary folder, renamed when complete).
 Each process holds the whole teacher, unless ``--deepspeed-config`` is a ZeRO-3 file (training's
 ``configs/deepspeed/zero3*_*.json``): then the teacher is held by a DeepSpeed ZeRO-3 inference engine
-(:func:`minillm.evaluation.shard_for_inference`; each process keeps 1/P of every parameter, the layers are gathered
+(:func:`minillm.engine.gathering.shard_for_inference`; each process keeps 1/P of every parameter, the layers are gathered
 one at a time for each forward call), so a teacher larger than one device (Flan-T5-XXL) generates. The prompts are
 dealt out as above, the shorter shares padded with a repeat of one of their prompts (generated, not kept) so that
 every process makes the same number of ``generate`` calls, and ``generate`` runs with ``synced_gpus=True`` (every
@@ -56,7 +56,8 @@ from .data.indexed_dataset import ShardedIndexedDataset
 from .data.process import ALL_ROUNDS
 from .data.seq2seq import collate_prompts, read_meta
 from .engine.distributed import device_for, init_distributed
-from .evaluation import parameters_held, parse_answer, read_inference_config, shard_for_inference
+from .engine.gathering import parameters_held, shard_for_inference
+from .evaluation import parse_answer, read_inference_config
 from .folders import replace_folder
 from .models import IGNORE_INDEX, adapter_for, check_tokenizer_matches, load_model, load_tokenizer
 

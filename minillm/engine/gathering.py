@@ -69,3 +69,36 @@ class SamplingScope:
                     "not fit in 80 % of the free accelerator memory, or --no-gather-for-sampling): decoding in "
                     "lockstep, gathering layer by layer at every call (slower)")
         return ""
+
+
+def shard_for_inference(model, zero_optimization: dict):
+    """``model`` (frozen, in eval mode) inside a DeepSpeed ZeRO-3 inference engine (the trainer's ZeRO-3 teachers,
+    evaluation and SeqKD generation): every parameter is partitioned over the processes of the group (each keeps 1/P
+    of it, on its device; ``offload_param`` from ``zero_optimization`` keeps the partitions in CPU memory instead) and
+    gathered a layer at a time for each forward call, then released. Every process must therefore make the same calls (the evaluation
+    and the SeqKD generation pad their shares and pass ``synced_gpus=True`` to ``generate``). The engine's bf16
+    follows the model's dtype. Returns the engine; pass ``engine.module`` (the bare model, whose hooks gather)."""
+    import deepspeed
+
+    zero = {key: value for key, value in zero_optimization.items() if key != "offload_optimizer"}  # no optimizer
+    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {**zero, "stage": 3},
+              "bf16": {"enabled": next(model.parameters()).dtype == torch.bfloat16},
+              "steps_per_print": 10**9, "wall_clock_breakdown": False}
+    model.requires_grad_(False).eval()
+    engine = deepspeed.initialize(model=model, config=config)[0]  # no optimizer: parameters sharded only
+    engine.eval()
+    return engine
+
+
+def parameters_held(model) -> tuple[int, int]:
+    """``(parameters of the model, elements this process holds)``: a ZeRO-3 parameter counts its own partition
+    (the whole tensor when it stays whole, below ``stage3_param_persistence_threshold``), any other its size."""
+    total = held = 0
+    for parameter in model.parameters():
+        if hasattr(parameter, "ds_numel"):
+            total += parameter.ds_numel
+            held += parameter.ds_numel if getattr(parameter, "ds_persist", False) else parameter.ds_tensor.numel()
+        else:
+            total += parameter.numel()
+            held += parameter.numel()
+    return total, held

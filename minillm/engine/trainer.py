@@ -36,7 +36,7 @@ from .clipped_adamw import ClippedAdamW
 from .deepspeed_config import (check_precision, clipping_in_trainer, engine_config, load_deepspeed_config,
                                master_weights_in_trainer, offloads_optimizer, precision, zero_stage)
 from .distributed import all_reduce_sum, device_for, init_distributed
-from .gathering import SamplingScope
+from .gathering import SamplingScope, shard_for_inference
 from .master_weights import BF16MasterWeightAdamW
 from .run_log import RunLog
 
@@ -157,8 +157,6 @@ def load_frozen_model(path: str, config: TrainConfig, student, ds_config: dict, 
     with the student's attention and fused kernels; sharded by a ZeRO-3 inference engine when the run is ZeRO-3
     (so a large teacher fits beside the student), else on ``device``. Stops before training if its vocabulary
     differs from the student's."""
-    import deepspeed
-
     dtype = torch.bfloat16 if precision(ds_config) == "bf16" else torch.float32
     frozen = load_model(path, dtype=dtype, attn_implementation=student.config._attn_implementation,
                         fused_kernels=config.fused_kernels, device_type=device.type, flag="--teacher-model-path")
@@ -169,11 +167,7 @@ def load_frozen_model(path: str, config: TrainConfig, student, ds_config: dict, 
                          "50257, OPT 50272, LLaMA 32000)")
     frozen.requires_grad_(False).eval()
     if zero_stage(ds_config) == 3:
-        inference = {"train_micro_batch_size_per_gpu": ds_config["train_micro_batch_size_per_gpu"],
-                     "zero_optimization": {"stage": 3}, "bf16": {"enabled": dtype == torch.bfloat16}}
-        engine = deepspeed.initialize(model=frozen, config=inference)[0]  # no optimizer: parameters sharded only
-        engine.eval()
-        return engine
+        return shard_for_inference(frozen, {"stage": 3})
     return frozen.to(device)
 
 

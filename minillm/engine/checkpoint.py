@@ -3,7 +3,8 @@
 Layout of ``SAVE_DIR/{best,last}/``: ``config.json``, ``model.safetensors``, ``generation_config.json``, the
 tokenizer files, ``args.json`` (the run configuration), ``metrics.json`` (the evaluation at that step, if any),
 ``trainer_state.json``; ``last/`` also holds ``training_state/`` (DeepSpeed's model, optimizer and scheduler
-state, and one RNG file per rank), which is what ``--resume`` needs.
+state, one RNG file per rank and, where the batch source needs one, one ``source_rank{rank}.pt`` file per rank:
+MiniLLM's rollouts in use mid-collection), which is what ``--resume`` needs.
 
 Atomicity: everything is written into ``NAME.tmp``; then ``NAME`` becomes ``NAME.old``, ``NAME.tmp`` becomes
 ``NAME``, and ``NAME.old`` is removed. A crash at any point leaves either the previous complete folder (as
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..faults import kill_point
 from ..folders import replace_folder
 from .distributed import barrier
 
@@ -47,8 +49,9 @@ def _write_json(path: Path, obj) -> None:
 
 
 def save_checkpoint(engine, tokenizer, folder: Path, *, args: dict, trainer_state: dict, metrics: dict | None,
-                    with_training_state: bool) -> None:
-    """Write ``folder`` atomically. A collective: every rank calls it."""
+                    with_training_state: bool, source_state: dict | None = None) -> None:
+    """Write ``folder`` atomically. A collective: every rank calls it. ``source_state``: this rank's tensors that
+    its batch source needs to go on from this step (:func:`load_source_state`), kept with the training state."""
     rank = dist.get_rank()
     tmp = folder.with_name(folder.name + ".tmp")
     if rank == 0:
@@ -58,6 +61,9 @@ def save_checkpoint(engine, tokenizer, folder: Path, *, args: dict, trainer_stat
     if with_training_state:
         engine.save_checkpoint(str(tmp / "training_state"), tag=STATE_TAG, save_latest=False)
         torch.save(_rng_state(), tmp / "training_state" / f"rng_rank{rank}.pt")
+        if source_state is not None:
+            torch.save(source_state, tmp / "training_state" / f"source_rank{rank}.pt")
+        kill_point("save")
     if engine.zero_optimization_partition_weights():  # ZeRO-3: gather the shards (collective), rank 0 receives
         state_dict = engine._zero3_consolidated_16bit_state_dict()
     else:
@@ -113,3 +119,11 @@ def load_training_state(engine, folder: Path, selections: dict[str, str]) -> dic
         raise ValueError(f"--resume {folder}: {state_dir} holds no DeepSpeed state; it cannot be resumed")
     _set_rng_state(torch.load(state_dir / f"rng_rank{dist.get_rank()}.pt", weights_only=False))
     return trainer_state
+
+
+def load_source_state(folder: Path, device: torch.device) -> dict | None:
+    """This rank's batch-source tensors saved in ``folder/training_state`` (``save_checkpoint``'s ``source_state``),
+    on ``device``; None when the checkpoint holds none (a source whose batches follow from the step alone, or a
+    step where nothing was in use)."""
+    path = folder / "training_state" / f"source_rank{dist.get_rank()}.pt"
+    return torch.load(path, map_location=device, weights_only=True) if path.is_file() else None

@@ -67,7 +67,7 @@ fi
 # ZeRO 0 in fp32, a cosine schedule over a fixed number of steps, evaluation on 300 dev examples of TRAIN_ROUND twice
 # per run, rank classification only (generation is evaluated at the end, on test). Round 1 (one fact per premise,
 # the shortest prompts) is what tiny models learn in minutes on two cores; all three rounds need a teacher trained
-# longer on larger batches (below), a job of about half an hour here (README, Three rounds).
+# longer on larger batches (below), a job of about half an hour here (docs/results.md, Three rounds).
 TRAINED_ROUNDS="$TRAIN_ROUND"
 if [[ "$TRAIN_ROUND" == all ]]; then TRAINED_ROUNDS="r1 r2 r3"; fi
 TRAIN_ARGS="--train-round $TRAIN_ROUND --eval-rounds $TRAINED_ROUNDS --eval-max-examples 300 --no-eval-generate"

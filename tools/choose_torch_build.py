@@ -140,7 +140,7 @@ def choose(smi: Optional[str], query: Optional[str], torch_version: str = DEFAUL
         driver_cuda = (major, 0)
     gpus = parse_query(query or "")
     where = f"NVIDIA driver {driver} (CUDA {driver_cuda[0]}.{driver_cuda[1]})"
-    fix = "set TORCH_VERSION and TORCH_INDEX_URL to a torch build for this node (README.md, Install)"
+    fix = "set TORCH_VERSION and TORCH_INDEX_URL to a torch build for this node (docs/install.md)"
     if not gpus:
         return Refusal(f"{where} is installed but `nvidia-smi --query-gpu` listed no GPU; {fix}")
     on = f"{where} on {describe_gpus(gpus)}"

@@ -2,9 +2,9 @@
 
 DeepSpeed trains a bf16 model without ZeRO through its unfused fp16/bf16 optimizer wrapper, which every step
 allocates a fresh fp32 copy of each gradient, scans each one for inf/NaN, takes per-tensor norms, unscales with a
-loss scale of 1 and then runs the client optimizer tensor by tensor: on flan-t5-small on one CPU core that is
-0.2 s a step, more than the whole optimizer should cost. This optimizer does the same arithmetic in a few passes
-over flat buffers:
+loss scale of 1 and then runs the client optimizer tensor by tensor: on a CPU, several times what the whole
+optimizer should cost (docs/performance.md; ``python tools/bench_optimizer_step.py`` times this optimizer). This
+optimizer does the same arithmetic in a few passes over flat buffers:
 
 - the fp32 master weights of each parameter group live in one flat tensor (built from the fp32 model before the
   parameters are cast to bf16, so no precision is lost at the start), with a flat fp32 gradient beside it;

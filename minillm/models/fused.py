@@ -17,15 +17,14 @@ is :class:`CPUT5LayerNorm` instead: an autograd function of three passes over th
 backward in fp32 (two and three more in bf16, for the conversions), with transformers' roundings (its bf16 output
 equals transformers' bit for bit wherever the mean squares agree).
 
-On a CPU it also replaces dropout. torch's CPU dropout draws its mask with ``bernoulli_``, which runs serially at
-about 7 ns an element for bf16 (a fifth of a flan-t5-small training step); :func:`cpu_dropout` draws 64 random bits
-per four elements instead (``random_`` over the full int64 range, viewed as four int16 lanes) and keeps an element
-when its 16-bit lane is at or above a threshold (drawing and comparing 8 x 136 x 512 elements took 2.0 ms on two
-AVX2 cores, where one 31-bit ``random_()`` per element took 3.8 ms to draw alone): dropout with probability
-``round(p * 2^16) / 2^16`` (within 8e-6 of ``p``) and the matching ``1 / (1 - p)`` rescaling, applied as one multiply
-by a mask that holds either the rescaling or zero. It covers the ``nn.Dropout`` modules and, through a registered
-attention function (T5's eager attention with this dropout), the attention probabilities. GPUs keep torch's dropout,
-whose fused kernel is already fast there.
+On a CPU it also replaces dropout. torch's CPU dropout draws its mask with ``bernoulli_``, which runs serially
+(``python tools/bench_fused_kernels.py --profile N`` shows its share of a step; measured figures in
+docs/performance.md); :func:`cpu_dropout` draws 64 random bits per four elements instead (``random_`` over the full
+int64 range, viewed as four int16 lanes) and keeps an element when its 16-bit lane is at or above a threshold:
+dropout with probability ``round(p * 2^16) / 2^16`` (within 8e-6 of ``p``) and the matching ``1 / (1 - p)``
+rescaling, applied as one multiply by a mask that holds either the rescaling or zero. It covers the ``nn.Dropout``
+modules and, through a registered attention function (T5's eager attention with this dropout), the attention
+probabilities. GPUs keep torch's dropout, whose fused kernel is already fast there.
 """
 
 from __future__ import annotations
@@ -162,8 +161,8 @@ def t5_attention_cpu_dropout(module, query, key, value, attention_mask, scaling=
     if scaling != 1.0:
         scores.mul_(scaling)
     if position_bias is not None:
-        # T5 builds the bias as a permuted view; adding it in that layout, broadcast over the batch, ran 10x slower
-        # on a CPU (2.6 against 0.2 ms for 8 x 6 x 136 x 136 bf16 scores) than copying it contiguous first.
+        # T5 builds the bias as a permuted view; adding it in that layout, broadcast over the batch, runs several
+        # times slower on a CPU than copying it contiguous first (docs/performance.md, kernels).
         scores.add_(position_bias.contiguous())
     if attention_mask is not None:
         scores.add_(attention_mask)

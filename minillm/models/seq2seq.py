@@ -53,8 +53,9 @@ class Seq2SeqAdapter:
              device_type: str = "cpu", dropout: float | None = None):
         """The model at ``path`` (hub name or folder) in ``dtype``, on the CPU.
 
-        ``attn_implementation``: ``auto`` is eager attention on a CPU (flan-t5-small steps ~5-10 % faster than with
-        SDPA there) and SDPA elsewhere; None keeps the library's default; any other name is passed on.
+        ``attn_implementation``: ``auto`` is eager attention on a CPU (faster there: torch's SDPA has no fused CPU
+        kernel for training with dropout; docs/performance.md) and SDPA elsewhere; None keeps the library's default;
+        any other name is passed on.
         ``fused_kernels`` swaps T5's elementwise modules for fused ones (:func:`minillm.models.fused.fuse_elementwise`,
         the CPU forms when ``device_type`` is ``cpu``); ``dropout`` overrides the checkpoint's ``dropout_rate``."""
         from transformers import AutoModelForSeq2SeqLM

@@ -105,7 +105,7 @@ def defined_flags() -> set[str]:
     config = (REPO / "minillm" / "engine" / "config.py").read_text()
     flags = {"--" + name.replace("_", "-") for name in re.findall(r"^    (\w+): [^=\n]+= _flag\(", config, re.M)}
     sources = [REPO / "minillm" / "evaluate.py", REPO / "minillm" / "generate_seqkd.py",
-               *sorted((REPO / "tools").glob("*.py"))]
+               *sorted((REPO / "tools").glob("*.py")), *sorted((REPO / "minillm" / "cli").glob("*.py"))]
     return flags | {flag for source in sources
                     for flag in re.findall(r"[\"'](--[a-z0-9][a-z0-9-]*)[\"']", source.read_text())}
 

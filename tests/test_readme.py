@@ -158,18 +158,18 @@ def test_the_tables_come_from_the_scripts(fake_repo):
     assert rs.table("train") == "\n".join([
         "| setting | Flan-T5 | meaning |",
         "|---|---|---|",
-        f"| `LR` | `5e-5` to `3e-4`, per recipe | {rs.MEANINGS['LR']} |",
-        f"| `SAVE_DIR` | per recipe | {rs.MEANINGS['SAVE_DIR']} |",
-        f"| `KD_RATIO` | *required* | {rs.MEANINGS['KD_RATIO']} |",
-        f"| `MAX_STEPS` | `0` | {rs.MEANINGS['MAX_STEPS']} |",
         f"| `DS_CONFIG` | `configs/zero{{ZERO_STAGE}}.json` | {rs.MEANINGS['DS_CONFIG']} |",
+        f"| `KD_RATIO` | *required* | {rs.MEANINGS['KD_RATIO']} |",
+        f"| `LR` | `5e-5` to `3e-4`, per recipe | {rs.MEANINGS['LR']} |",
+        f"| `MAX_STEPS` | `0` | {rs.MEANINGS['MAX_STEPS']} |",
+        f"| `SAVE_DIR` | per recipe | {rs.MEANINGS['SAVE_DIR']} |",
         f"| `ZERO_STAGE` | `0` | {rs.MEANINGS['ZERO_STAGE']} |",
     ])
     assert rs.table("common") == "\n".join([
         "| setting | default | meaning |",
         "|---|---|---|",
-        f"| `VERBOSE` | `0` | {rs.MEANINGS['VERBOSE']} |",
         f"| `NUM_GPUS` | `1`; scripts: *the node's GPUs (1 without one)* | {rs.MEANINGS['NUM_GPUS']} |",
+        f"| `VERBOSE` | `0` | {rs.MEANINGS['VERBOSE']} |",
     ])
 
 
@@ -196,7 +196,9 @@ def test_check_fails_on_stale_tables_and_write_fixes_them(fake_repo, capsys):
     assert [p.name for p in fake_repo.iterdir() if p.name.endswith(".tmp")] == []
 
 
-def test_grouped_settings_share_a_row():
-    rows = [["ALPHA", "`0.2`", "-", "a"], ["LR", "`1e-4`", "`2e-4`", "b"], ["GAMMA", "`0.95`", "-", "c"]]
-    assert rs.grouped(rows) == [["`ALPHA`, `GAMMA`", "`0.2` / `0.95`", "-", rs.GROUPS[("ALPHA", "GAMMA")]],
-                                ["`LR`", "`1e-4`", "`2e-4`", "b"]]
+def test_grouped_settings_share_a_row_at_the_first_members_place():
+    rows = [["ALSO_SELECT_BY", "`loss`", "-", "a"], ["GAMMA", "`0.95`", "-", "b"], ["LR", "`1e-4`", "`2e-4`", "c"],
+            ["SELECT_BY", "`auto`", "`auto`", "d"]]
+    assert rs.grouped(rows) == [["`GAMMA`", "`0.95`", "-", "b"], ["`LR`", "`1e-4`", "`2e-4`", "c"],
+                                ["`SELECT_BY`, `ALSO_SELECT_BY`", "`auto` / `loss`", "`auto` / -",
+                                 rs.GROUPS[("SELECT_BY", "ALSO_SELECT_BY")]]]

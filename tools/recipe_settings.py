@@ -312,7 +312,8 @@ def column_defaults(patterns: tuple[str, ...], functions: dict[str, str], keep) 
 
 
 def family_rows(family: str) -> tuple[list[str], list[list[str]]]:
-    """The headings and rows (setting, one default cell per column, meaning) of a family's table."""
+    """The headings and rows (setting, one default cell per column, meaning) of a family's table, by name: the
+    order does not move when a script reads its settings in another order."""
     top, functions, core = common_parts()
     columns = FAMILIES[family][1]
     if family == "common":
@@ -325,7 +326,7 @@ def family_rows(family: str) -> tuple[list[str], list[list[str]]]:
                 for name, values in column_defaults(patterns, functions, core.__contains__).items():
                     recipes.setdefault(name, []).extend(values)
         rows = []
-        for name, values in own.items():
+        for name, values in sorted(own.items()):
             cell = summarise([value for value in values if value] or values)
             others = [value for value in recipes.get(name, []) if value and value not in values]
             if others:
@@ -333,7 +334,7 @@ def family_rows(family: str) -> tuple[list[str], list[list[str]]]:
             rows.append([name, cell, meaning(name, family)])
         return [heading for heading, _ in columns], rows
     per_column = [column_defaults(patterns, functions, lambda name: name not in core) for _, patterns in columns]
-    names = list(dict.fromkeys(name for defaults in per_column for name in defaults))
+    names = sorted({name for defaults in per_column for name in defaults})
     rows = [[name, *(summarise(defaults.get(name, [])) for defaults in per_column), meaning(name, family)]
             for name in names]
     return [heading for heading, _ in columns], rows
@@ -352,23 +353,21 @@ def meaning(name: str, family: str) -> str:
 
 
 def grouped(rows: list[list[str]]) -> list[list[str]]:
-    """Rows with the members of each of :data:`GROUPS` present merged into one, at the first member's place."""
+    """Rows with the members of each of :data:`GROUPS` present merged into one, in the group's order, at the place
+    of the group's first member present."""
     by_name = {row[0]: row for row in rows}
-    merged, done = [], set()
+    merged = []
     for row in rows:
-        if row[0] in done:
-            continue
         group = next((members for members in GROUPS if row[0] in members), None)
         present = [name for name in group if name in by_name] if group else []
         if len(present) < 2:
             merged.append([f"`{row[0]}`", *row[1:]])
-            continue
-        cells = []
-        for column in range(1, len(row) - 1):
-            values = [by_name[name][column] for name in present]
-            cells.append("-" if all(value == "-" for value in values) else " / ".join(values))
-        merged.append([", ".join(f"`{name}`" for name in present), *cells, GROUPS[group]])
-        done.update(present)
+        elif row[0] == present[0]:
+            cells = []
+            for column in range(1, len(row) - 1):
+                values = [by_name[name][column] for name in present]
+                cells.append("-" if all(value == "-" for value in values) else " / ".join(values))
+            merged.append([", ".join(f"`{name}`" for name in present), *cells, GROUPS[group]])
     return merged
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .console import quiet_libraries
 from .data.anli import ROUNDS
 from .data.seq2seq import read_meta
 from .engine.gathering import parameters_held, shard_for_inference
@@ -122,6 +123,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--deepspeed-config", default=None,
                         help="a DeepSpeed JSON (configs/deepspeed/); ZeRO stage 3 shards every model over the "
                         "launched processes (ZeRO-3 inference); default: none, each process holds whole models")
+    parser.add_argument("--allow-pickle-weights", action="store_true",
+                        help="load checkpoints whose weights are pickles (pytorch_model.bin, no safetensors): "
+                        "unpickling can run code stored in the file, so only for a source you trust")
     args = parser.parse_args(argv)
     if args.out_dir is not None and len(args.model_path) > 1:
         parser.error(f"--out-dir takes one --model-path (got {len(args.model_path)}); drop it to write each "
@@ -180,11 +184,9 @@ def load_model(flag: str, path, args: argparse.Namespace):
     """The model at ``path`` in ``--dtype``, on the CPU; :class:`InputError` naming ``flag`` and ``path`` when it
     cannot be loaded (any failure is bad input here: a missing folder, truncated weights, a config that does not
     match them, ...). The library's default attention, as the checkpoint asks for it."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
     try:
-        return load_checkpoint(path, dtype=DTYPES[args.dtype or "fp32"], attn_implementation=None, flag=None)
+        return load_checkpoint(path, dtype=DTYPES[args.dtype or "fp32"], attn_implementation=None, flag=None,
+                               allow_pickle=args.allow_pickle_weights)
     except Exception as err:
         raise InputError(f"{flag} {path}: cannot load the model: {_first_line(err)}") from None
 
@@ -325,6 +327,7 @@ def summary_line(model_path: Path, result: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    quiet_libraries()  # before deepspeed is imported and any model is loaded
     args.rank, args.world_size, args.device, args.inference = 0, 1, _device(), None
     try:
         return run(args)

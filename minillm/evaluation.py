@@ -94,6 +94,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from .console import progress
 from .data.process import encode_prompts, encode_targets
 from .data.seq2seq import Seq2SeqExamples, collate, pad_right, read_meta
 from .data.templates import LABEL_NAMES
@@ -386,7 +387,8 @@ class Decoding:
             raise ValueError(f"{len(self.seeds)} seeds with greedy decoding: every pass would give the same text; "
                              "sample, or give one seed")
         if self.mode == "sample" and not self.seeds:
-            raise ValueError("sampling needs seeds (MiniLLM's: 10 20 30 40 50), so that its figures can be reproduced")
+            raise ValueError("sampling needs seeds: give --seeds (MiniLLM's: 10 20 30 40 50), so that its figures "
+                             "can be reproduced")
         if not self.temperature > 0:
             raise ValueError(f"temperature {self.temperature}: must be > 0")
         if self.top_k < 0:
@@ -519,6 +521,8 @@ def read_inference_config(path) -> dict:
 
 # ------------------------------------------------------------------------------------------- entry points
 
+PROGRESS_DELAY = 5.0  # seconds an evaluation runs before it reports progress (a line every fifth of its batches)
+
 def evaluate(model, tokenizer, data_dir, split: str = "dev", rounds=("r1", "r2", "r3"), batch_size: int = 32,
              max_new_tokens: int = 16, generate: bool = True, max_examples: int | None = None, adapter=None,
              max_prompt_length: int = 512, max_target_length: int = 128, teacher=None,
@@ -539,7 +543,8 @@ def evaluate(model, tokenizer, data_dir, split: str = "dev", rounds=("r1", "r2",
     the student's adapter), for the option KLs; a DeepSpeed engine is unwrapped to its ``.module``.
     ``max_examples`` (None or 0: all) caps each round. A missing round or split raises FileNotFoundError naming the
     path, data processed for the other model family a ValueError, before the model is run. The models are put in
-    eval mode and returned to their previous modes.
+    eval mode and returned to their previous modes. Process 0 reports progress over the batches (after
+    :data:`PROGRESS_DELAY` seconds: a quick evaluation prints nothing).
     """
     rounds = tuple(rounds)
     examples = load_examples(data_dir, split, rounds, max_examples, max_prompt_length, max_target_length)
@@ -558,9 +563,13 @@ def evaluate(model, tokenizer, data_dir, split: str = "dev", rounds=("r1", "r2",
     modes = [m.training for m in models]
     for m in models:
         m.eval()
+    seeds = decoding.passes() if generate else (None,)
+    total = len(chunks) * len(seeds)
+    report = progress(total, f"eval {split}", enabled=rank == 0, unit="batches", every=max(1, total // 5),
+                      delay=PROGRESS_DELAY, nested=True)
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            for pass_index, seed in enumerate(decoding.passes() if generate else (None,)):
+            for pass_index, seed in enumerate(seeds):
                 if seed is not None:
                     torch.manual_seed(seed)
                 position = 0
@@ -577,7 +586,9 @@ def evaluate(model, tokenizer, data_dir, split: str = "dev", rounds=("r1", "r2",
                         for prediction, generation in zip(scored[position:position + len(chunk)], passes):
                             prediction["generations"].append(generation)
                     position += len(chunk)
+                    report.update(1)
     finally:
+        report.close()
         for m, was_training in zip(models, modes):
             m.train(was_training)
     for prediction in scored:

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .console import progress, quiet_libraries
 from .data.anli import ROUNDS
 from .data.indexed_dataset import ShardedIndexedDataset
 from .data.process import ALL_ROUNDS
@@ -226,6 +227,7 @@ def _write_staging(staging: Path, items, outputs: dict, split: str, meta: dict, 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    quiet_libraries()  # before deepspeed is imported (init_distributed) and the teacher is loaded
     rank, world_size, local_rank = init_distributed()
     device = device_for(local_rank)
     torch.manual_seed(args.seed + rank)
@@ -267,8 +269,6 @@ def main(argv=None) -> int:
         print(f"generate_seqkd: error: {e}", file=sys.stderr)
         return 2
 
-    from tqdm import tqdm
-
     engine, sharding = None, None
     if sharded:
         engine = shard_for_inference(model, inference["zero_optimization"])  # kept while the teacher generates
@@ -290,8 +290,8 @@ def main(argv=None) -> int:
         print(f"generate_seqkd: ZeRO-3 over {world_size} processes, each holding at most "
               f"{max(sharding['held_per_process']):,} of the teacher's {sharding['parameters']:,} parameters",
               flush=True)
-    with tqdm(total=len(mine), disable=rank != 0, desc="generate (process 0)", dynamic_ncols=True) as progress:
-        outputs = generate_share(model, adapter, [p for _, p in items], mine, args, device, progress,
+    with progress(len(mine), "generate (process 0)", enabled=rank == 0, unit="prompts") as report:
+        outputs = generate_share(model, adapter, [p for _, p in items], mine, args, device, report,
                                  padding=padding, synced_gpus=sharded and world_size > 1)
     gathered = [None] * world_size
     if world_size > 1:

@@ -210,6 +210,7 @@ def build_pseudo_shards(out_dir: Path, gold_dir: Path) -> dict:
                 _write_jsonl(jsonl, tokenized.records)
                 shutil.copyfile(jsonl, staging / "prompt" / round_name / f"{split}.jsonl")
                 splits[f"{round_name}/{split}"] = split_summary(tokenized)
+                log(f"{round_name}/{split}: {len(tokenized.records)} examples with the teacher's targets")
             else:
                 splits.pop(f"{round_name}/{split}", None)
     meta = {**gold_meta, "train_targets": "teacher", "teacher": text_meta["teacher"],
@@ -583,4 +584,7 @@ def build_shards(out_dir: Path, tokenizer_name: str, max_prompt_length: int = 51
     publish(out_dir, staging, meta, text_dir if staged_text else None)
     log(f"wrote {len(tokenized)} round/split pairs to {out_dir} ({cut_total} prompts cut) "
         f"in {time.perf_counter() - started:.1f}s")
+    if not any(split == "train" for _, split in tokenized):
+        log(f"{out_dir} has no train split ({text_meta.get('raw_dir', 'the raw folder')} has none): it can be "
+            "evaluated on (minillm.evaluate --split, or a run's --eval-split) but not trained on")
     return meta

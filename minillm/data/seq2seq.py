@@ -25,6 +25,20 @@ def read_meta(data_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def check_trainable(data_dir: str | Path) -> None:
+    """ValueError (one line naming the folder and what to do) when ``data_dir``'s ``meta.json`` lists its splits
+    and none is a train split: a folder processed from raw data without training files, which can be evaluated on
+    but not trained on. A folder without ``meta.json`` is left to the readers' own errors."""
+    path = Path(data_dir) / "meta.json"
+    if not path.is_file():
+        return
+    splits = json.loads(path.read_text()).get("splits")
+    if splits is not None and not any(key.endswith("/train") for key in splits):
+        raise ValueError(f"{data_dir} has no train split (only {', '.join(sorted(splits))}): it was processed from "
+                         "raw data without training files, so it can be evaluated on but not trained on; train on "
+                         "a folder processed from raw data that has a train split")
+
+
 def pad_right(sequences: list, value: int, dtype=torch.long) -> torch.Tensor:
     """Stack 1-D int sequences into ``[B, max_len]``, right-padded with ``value``."""
     width = max((len(s) for s in sequences), default=0)
@@ -56,6 +70,8 @@ class Seq2SeqExamples:
 
     def __init__(self, data_dir: str | Path, round_name: str, split: str, max_prompt_length: int = 512,
                  max_target_length: int = 128):
+        if split == "train":
+            check_trainable(data_dir)
         self.dataset = ShardedIndexedDataset(Path(data_dir) / "full" / round_name, split)
         self.sep = separator_id(self.dataset.dtype)
         self.round_name = round_name

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.indexed_dataset import ShardedIndexedDataset
-from ..data.seq2seq import bucketed_batches, collate, collate_prompts, rank_slice
+from ..data.seq2seq import bucketed_batches, check_trainable, collate, collate_prompts, rank_slice
 
 
 class SupervisedBatches:
@@ -57,6 +57,8 @@ class Prompts:
     ``max_prompt_length`` tokens as training does."""
 
     def __init__(self, data_dir, round_name: str, split: str, max_prompt_length: int):
+        if split == "train":
+            check_trainable(data_dir)
         path = Path(data_dir) / "prompt" / round_name
         self.dataset = ShardedIndexedDataset(path, split)
         self.round_name = round_name

@@ -9,6 +9,13 @@ TensorBoard gets every number of a record, nested dicts included: ``{"loss": ..}
 ``{"label_share_rank": {"neutral": ..}}`` under ``prefix/label_share_rank/neutral``. A dict under a key of
 :data:`GROUPING_KEYS` holds named groups and adds no level of its own: an evaluation record's
 ``{"rounds": {"r1": {"ece": ..}}}`` is ``eval/r1/ece``. Lists (confusion matrices), strings and None are not logged.
+Each ``metrics.jsonl`` line says what it is under ``kind``, the prefix of its TensorBoard tags: ``train`` (a metric
+line of the optimizer steps since the last one), ``eval`` (an evaluation on the dev split) or ``rollout`` (a
+MiniLLM rollout collection).
+
+The run's settings go to TensorBoard twice: as text (``config``) when it starts, so that a run that dies still
+says how it was configured, and, when it ends, in the HParams tab with its final dev figures
+(:meth:`RunLog.write_hparams`), so that runs can be compared there.
 """
 
 from __future__ import annotations
@@ -18,6 +25,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 GROUPING_KEYS = ("rounds",)
+
+
+def hparam_value(value):
+    """A setting as TensorBoard's HParams tab takes it (a bool, number or string): lists and None as JSON text."""
+    return value if isinstance(value, (bool, int, float, str)) else json.dumps(value, default=str)
 
 
 def scalar_tags(record: dict, prefix: str) -> Iterator[tuple[str, float]]:
@@ -53,15 +65,36 @@ class RunLog:
         self.writer = SummaryWriter(str(save_dir / "tensorboard"), purge_step=purge)
 
     def write(self, record: dict, prefix: str) -> None:
-        """Append ``record`` (which has a ``step``) and its numbers, nested ones included, to TensorBoard under
-        ``prefix/`` (:func:`scalar_tags`)."""
+        """Append ``record`` (which has a ``step``), with ``kind`` ``prefix``, to ``metrics.jsonl``, and its numbers,
+        nested ones included, to TensorBoard under ``prefix/`` (:func:`scalar_tags`)."""
         if not self.enabled:
             return
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps({"kind": prefix, **record}) + "\n")
         self.lines += 1
         step = record["step"]
         for tag, value in scalar_tags({k: v for k, v in record.items() if k != "step"}, prefix):
+            self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
+
+    def write_config(self, settings: dict, step: int) -> None:
+        """The run's settings as a JSON block under the TensorBoard text tag ``config``."""
+        if self.enabled:
+            text = json.dumps(settings, indent=1, default=str)
+            self.writer.add_text("config", "    " + text.replace("\n", "\n    "), step)  # indented: Markdown code
+            self.writer.flush()
+
+    def write_hparams(self, settings: dict, figures: dict, step: int) -> None:
+        """``settings`` (each value through :func:`hparam_value`) and ``figures`` (name -> number, logged as
+        ``hparams/<name>``) in TensorBoard's HParams tab, at ``step``."""
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        metrics = {f"hparams/{name}": value for name, value in figures.items()}
+        for summary in hparams({k: hparam_value(v) for k, v in settings.items()}, metrics):
+            self.writer.file_writer.add_summary(summary, step)
+        for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, step)
         self.writer.flush()
 

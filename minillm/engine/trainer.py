@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import math
 import random
+import sys
 import time
 import types
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import console
 from ..data.seq2seq import read_meta
 from ..evaluation import evaluate, format_table
 from ..models import adapter_for, check_tokenizer_matches, load_model, load_tokenizer
@@ -231,6 +233,7 @@ def train(config: TrainConfig) -> dict:
 def setup(config: TrainConfig) -> Run:
     """Processes, student, objective (and its frozen models), batch source, optimizer and DeepSpeed engine, trainer
     state (resumed from ``last/`` with ``--resume``) and the run log, whose first lines describe the run."""
+    console.quiet_libraries()  # before deepspeed is imported (init_distributed) and any model is loaded
     rank, world_size, local_rank = init_distributed()
     device = device_for(local_rank)
     seed_everything(config.seed + rank)  # dropout differs per rank; the data order uses config.seed as is
@@ -279,9 +282,35 @@ def setup(config: TrainConfig) -> Run:
     description = source.describe()
     if description is not None:
         log.print(description)
-    return Run(config, rank, world_size, device, tokenizer, objective, processes, source, engine, scheduler,
-               adapter.token_counts, log, state, total_steps, steps_per_epoch, eval_interval,
-               config.save_interval or eval_interval)
+    if not config.max_steps and config.warmup_steps >= total_steps and rank == 0:  # --max-steps: config warns
+        print(f"--warmup-steps {config.warmup_steps} is not shorter than the run (--epochs {config.epochs} x "
+              f"{steps_per_epoch} steps = {total_steps} steps): the learning rate "
+              f"{'never reaches' if config.warmup_steps > total_steps else 'reaches'} --lr"
+              f"{'' if config.warmup_steps > total_steps else ' only at the last step'}", file=sys.stderr)
+    run = Run(config, rank, world_size, device, tokenizer, objective, processes, source, engine, scheduler,
+              adapter.token_counts, log, state, total_steps, steps_per_epoch, eval_interval,
+              config.save_interval or eval_interval)
+    log.write_config(run_settings(run), state["step"])
+    return run
+
+
+def run_settings(run: Run) -> dict:
+    """The run's settings as it runs them: every flag (``--select-by`` resolved) and what setup derived from them
+    (steps, processes, global batch)."""
+    config = run.config
+    return {**dataclasses.asdict(config), "select_by": run.state["select_by"], "total_steps": run.total_steps,
+            "steps_per_epoch": run.steps_per_epoch, "world_size": run.world_size,
+            "global_batch_size": config.batch_size * run.world_size * config.grad_acc}
+
+
+def final_figures(state: dict, metrics: dict) -> dict:
+    """The dev figures a finished run is compared by: each selection's best value (``best_accuracy`` for best/ by
+    accuracy, ``best_loss_loss`` for best_loss/) and the last evaluation's overall numbers (``last_loss``, ...)."""
+    figures = {f"{folder}_{selection['select_by']}": selection["metric"]
+               for folder, selection in state["selections"].items() if selection["metric"] is not None}
+    figures.update({f"last_{name}": value for name, value in metrics["overall"].items()
+                    if isinstance(value, (int, float)) and not isinstance(value, bool)})
+    return figures
 
 
 def initial_state(config: TrainConfig, engine, total_steps: int, world_size: int) -> dict:
@@ -310,10 +339,8 @@ def loop(run: Run) -> dict:
     scaled to the global unit count, one optimizer step; metric lines, evaluations and checkpoints at their
     intervals. Returns the final trainer state."""
     config, state, log, engine = run.config, run.state, run.log, run.engine
-    from tqdm import tqdm
-
-    progress = tqdm(total=run.total_steps, initial=state["step"], disable=run.rank != 0, desc="train",
-                    dynamic_ncols=True)
+    progress = console.progress(run.total_steps, "train", enabled=run.rank == 0, initial=state["step"], unit="steps",
+                                every=config.log_interval)
     if run.objective.evaluate_at_start and state["step"] == 0:  # logged, not a candidate for best/
         log_evaluation(run, run_evaluation(run))
     window = _new_window(run.device)
@@ -342,7 +369,6 @@ def loop(run: Run) -> dict:
         window["units"] += local_units
         window["steps"] += 1
         state["step"] += 1
-        progress.update(1)
 
         done = state["step"] == run.total_steps
         if state["step"] % config.log_interval == 0 or done:
@@ -350,6 +376,7 @@ def loop(run: Run) -> dict:
             log.write(record, "train")
             progress.set_postfix(loss=f"{record['loss']:.4f}", pad=f"{record['padding']:.2f}")
             window = _new_window(run.device)
+        progress.update(1)  # after the metric line, so that a line-per-interval log shows this step's loss
 
         metrics = None
         if state["step"] % run.eval_interval == 0 or done:
@@ -366,6 +393,8 @@ def loop(run: Run) -> dict:
     for folder, selection in state["selections"].items():
         log.print(f"train: {run.save_dir / folder} is step {selection['step']} of {run.total_steps}, selected by "
                   f"dev {selection['select_by']} {selection['metric']:.4g} (last/: step {run.total_steps})")
+    if metrics is not None:
+        log.write_hparams(run_settings(run), final_figures(state, metrics), run.total_steps)
     log.close()
     return state
 

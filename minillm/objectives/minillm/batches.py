@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...console import progress, with_progress
 from ...engine.batches import SupervisedBatches, prompt_batches
 from ...engine.distributed import all_reduce_sum, all_reduce_sum_
+
+ROLLOUT_PROGRESS_DELAY = 5.0  # seconds
 
 
 class RolloutBatches:
@@ -68,9 +71,12 @@ class RolloutBatches:
         generator = torch.Generator(device=device).manual_seed(
             int(np.random.default_rng([self.config.seed, collection, self.rank]).integers(2**62)))
         sampling = self.processes.sampling
+        # process 0 reports the sampling batches once the collection has run ROLLOUT_PROGRESS_DELAY seconds
+        report = progress(len(batches), f"rollouts {collection}", enabled=self.rank == 0, unit="batches",
+                          every=max(1, len(batches) // 5), delay=ROLLOUT_PROGRESS_DELAY, nested=True)
         with sampling.gathered():
-            self._store, stats = self.objective.collect(self.model, batches, generator, all_reduce_sum_,
-                                                        sampling.all_done)
+            self._store, stats = self.objective.collect(self.model, with_progress(batches, report), generator,
+                                                        all_reduce_sum_, sampling.all_done)
         names = sorted(stats)
         totals = dict(zip(names, all_reduce_sum([stats[k] for k in names], device)))
         sequences = max(totals.pop("sequences"), 1.0)

@@ -1,0 +1,270 @@
+"""What a run shows and records (minillm/console.py, minillm/engine/run_log.py): progress as plain lines in a log
+and a bar on a terminal, library noise left out unless VERBOSE=1, metrics.jsonl rows that say their kind,
+TensorBoard's config and hparams, the last line of a run, the warmup warning of an epoch-limited run, and data
+processed without a train split (evaluated on, not trained on)."""
+
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from minillm import console
+from minillm.console import LineProgress, progress, quiet_libraries
+
+REPO = Path(__file__).resolve().parents[1]
+NOISE = ("Setting accelerator to CPU", "The tied weights mapping", "Loading weights", "Writing model shards")
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_line_progress_prints_a_line_every_n_units_and_one_at_the_end():
+    stream, clock = io.StringIO(), FakeClock()
+    report = LineProgress(10, "train", every=3, unit="steps", stream=stream, clock=clock)
+    for step in range(1, 11):
+        clock.now = float(step)  # one step a second
+        if step == 5:
+            report.set_postfix(loss="0.5000")
+        report.update(1)
+    report.close()
+    assert stream.getvalue().splitlines() == [
+        "train: 3/10 steps (30%), 0:00:03 elapsed, 1 steps/s, 0:00:07 left",
+        "train: 6/10 steps (60%), 0:00:06 elapsed, 1 steps/s, 0:00:04 left, loss=0.5000",
+        "train: 9/10 steps (90%), 0:00:09 elapsed, 1 steps/s, 0:00:01 left, loss=0.5000",
+        "train: 10/10 steps (100%), 0:00:10 elapsed, 1 steps/s, loss=0.5000"]
+
+
+def test_line_progress_counts_from_a_resumed_step_and_waits_out_its_delay():
+    stream, clock = io.StringIO(), FakeClock()
+    # resumed at 40 of 100: the rate counts the steps done since; a line every 20, none in the first 5 s
+    report = LineProgress(100, "train", every=20, initial=40, unit="steps", delay=5.0, stream=stream, clock=clock)
+    clock.now = 4.0
+    report.update(20)  # 60 at 4 s: still within the delay
+    clock.now = 8.0
+    report.update(7)  # 67: no multiple of 20 passed
+    report.update(13)  # 80 at 8 s: 40 steps in 8 s
+    clock.now = 10.0
+    report.update(20)  # 100 at 10 s
+    report.close()  # the last line already showed 100
+    assert stream.getvalue().splitlines() == [
+        "train: 80/100 steps (80%), 0:00:08 elapsed, 5 steps/s, 0:00:04 left",
+        "train: 100/100 steps (100%), 0:00:10 elapsed, 6 steps/s"]
+    quick = io.StringIO()
+    with LineProgress(4, "eval dev", every=1, delay=5.0, stream=quick, clock=FakeClock()) as report:
+        report.update(4)  # a phase that ends within its delay prints nothing
+    assert quick.getvalue() == ""
+
+
+def test_progress_is_a_bar_on_a_terminal_lines_elsewhere_and_nothing_on_other_processes():
+    from tqdm import tqdm
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    bar = progress(5, "train", stream=Terminal())
+    assert isinstance(bar, tqdm)
+    bar.close()
+    log = io.StringIO()
+    lines = progress(40, "work", stream=log)  # every 40 // 20 = 2 units by default
+    assert isinstance(lines, LineProgress) and lines.every == 2
+    silent = io.StringIO()
+    other = progress(5, "train", enabled=False, stream=silent)
+    other.update(5)
+    other.close()
+    assert silent.getvalue() == ""
+
+
+def test_progress_into_a_pipe_is_lines_without_carriage_returns():
+    code = ("from minillm.console import progress, with_progress\n"
+            "for _ in with_progress(range(100), progress(100, 'work', unit='items')): pass\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert [line.split(" items")[0] for line in lines] == [f"work: {n}/100" for n in range(5, 101, 5)]
+
+
+@pytest.fixture
+def restored_logging():
+    """quiet_libraries changes process-wide settings (a training run in this process makes the same call): the
+    test starts from the libraries' own and leaves them so."""
+    from transformers.utils import logging as transformers_logging
+
+    def restore():
+        for name, drop in console._FILTERS.items():
+            logging.getLogger(name).removeFilter(drop)
+        transformers_logging.enable_progress_bar()
+
+    restore()
+    yield
+    restore()
+
+
+class Collect(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.parametrize("verbose", ["", "1"])
+def test_quiet_libraries_drops_the_two_known_messages_and_the_bars_unless_verbose(verbose, monkeypatch,
+                                                                                  restored_logging):
+    from transformers.utils import logging as transformers_logging
+
+    monkeypatch.setenv("VERBOSE", verbose)
+    quiet_libraries()
+    quiet_libraries()  # a second call adds nothing
+    collected = {}
+    for name, start in console.NOISE:
+        logger, handler = logging.getLogger(name), Collect()
+        logger.addHandler(handler)
+        try:
+            logger.warning(start + " ... (as the library words it)")
+            logger.warning("another warning of the same library")
+        finally:
+            logger.removeHandler(handler)
+        collected[name] = handler.messages
+    if verbose:
+        assert all(len(messages) == 2 for messages in collected.values())
+        assert transformers_logging.is_progress_bar_enabled()
+    else:
+        assert all(messages == ["another warning of the same library"] for messages in collected.values())
+        assert not transformers_logging.is_progress_bar_enabled()
+        assert len(logging.getLogger("DeepSpeed").filters) == len(set(logging.getLogger("DeepSpeed").filters))
+
+
+@pytest.mark.parametrize("verbose", ["", "1"])
+def test_loading_a_tiny_model_is_quiet_unless_verbose(verbose, tiny_setup, monkeypatch, capfd, caplog,
+                                                     restored_logging):
+    """transformers' bar and tied-weights warning at a real load: there with VERBOSE=1 (so their absence is the
+    filter's doing, not a library that went quiet or reworded by itself), gone without. DeepSpeed's message comes
+    once per process, at its import, so its installed source is read for the wording filtered (the epoch run
+    below checks a real import)."""
+    import importlib.util
+
+    from minillm.models import load_model
+
+    monkeypatch.setenv("VERBOSE", verbose)
+    quiet_libraries()
+    capfd.readouterr()
+    caplog.clear()
+    load_model(str(tiny_setup["models"] / "tiny-student"), dtype=torch.float32)
+    assert ("Loading weights" in capfd.readouterr().err) == bool(verbose)
+    tied = [r for r in caplog.records if r.getMessage().startswith("The tied weights mapping")]
+    assert len(tied) == (1 if verbose else 0)
+    accelerator = Path(importlib.util.find_spec("deepspeed").origin).parent / "accelerator" / "real_accelerator.py"
+    assert '"Setting accelerator to CPU. If you have GPU' in accelerator.read_text()
+
+
+def test_evaluation_reports_its_batches(tiny_setup, monkeypatch, capsys):
+    import minillm.evaluation
+    from minillm.models import load_model, load_tokenizer
+
+    student = str(tiny_setup["models"] / "tiny-student")
+    model, tokenizer = load_model(student, dtype=torch.float32), load_tokenizer(student)
+    monkeypatch.setattr(minillm.evaluation, "PROGRESS_DELAY", 0.0)
+    capsys.readouterr()
+    minillm.evaluation.evaluate(model, tokenizer, tiny_setup["data_dir"], "dev", ("r1",), batch_size=4,
+                                generate=False, max_examples=20)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" batches")[0] for line in lines] == [f"eval dev: {n}/5" for n in range(1, 6)]
+
+
+def read_events(folder: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return events
+
+
+def test_an_epoch_run_in_a_log_file(tiny_setup, tmp_path):
+    """One tiny SFT run with its output piped, as in a batch job: one epoch of 300 examples in batches of 32 is 9
+    steps, shorter than its 10 warmup steps."""
+    save = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "VERBOSE"}
+    done = subprocess.run(
+        [sys.executable, "-m", "minillm.finetune", "--model-path", str(tiny_setup["models"] / "tiny-student"),
+         "--data-dir", str(tiny_setup["data_dir"]), "--save-dir", str(save), "--train-round", "r1",
+         "--eval-rounds", "r1", "--deepspeed-config", str(REPO / "configs" / "deepspeed" / "zero0_fp32.json"),
+         "--batch-size", "32", "--epochs", "1", "--warmup-steps", "10", "--lr", "1e-3", "--eval-interval", "4",
+         "--log-interval", "4", "--eval-max-examples", "20", "--no-eval-generate"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    output = done.stdout + done.stderr
+    for noise in NOISE:
+        assert noise not in output, noise
+    assert "\r" not in output
+    assert ("--warmup-steps 10 is not shorter than the run (--epochs 1 x 9 steps = 9 steps): the learning rate never "
+            "reaches --lr") in done.stderr
+    progress_lines = [line for line in done.stderr.splitlines() if line.startswith("train: ")]
+    assert [line.split(" steps")[0] for line in progress_lines] == ["train: 4/9", "train: 8/9", "train: 9/9"]
+
+    rows = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in rows] == [("train", 4), ("eval", 4), ("train", 8), ("eval", 8),
+                                                      ("train", 9), ("eval", 9)]
+    assert all(("lr" in r) == (r["kind"] == "train") and ("split" in r) == (r["kind"] == "eval") for r in rows)
+    evals = [r for r in rows if r["kind"] == "eval"]
+    best = max(evals, key=lambda r: (r["accuracy_rank"], r["step"]))  # ties go to the later step
+    assert done.stdout.splitlines()[-1].startswith(
+        f"train: {save / 'best'} is step {best['step']} of 9, selected by dev accuracy {best['accuracy_rank']:.4g}")
+
+    events = read_events(save / "tensorboard")
+    assert [(e.step, e.value) for e in events.Scalars("eval/r1/accuracy_rank")] == [
+        (r["step"], pytest.approx(r["accuracy_rank"])) for r in evals]
+    config_text = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert json.loads(config_text)["warmup_steps"] == 10 and json.loads(config_text)["select_by"] == "accuracy"
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    contents = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(contents["_hparams_/session_start_info"])
+    settings = start.session_start_info.hparams
+    assert settings["lr"].number_value == pytest.approx(1e-3) and settings["total_steps"].number_value == 9
+    assert settings["select_by"].string_value == "accuracy"  # auto, resolved from the data's target kind
+    assert settings["adam_betas"].string_value == "[0.9, 0.999]"
+    assert [(e.step, e.value) for e in events.Scalars("hparams/best_accuracy")] == [
+        (9, pytest.approx(best["accuracy_rank"]))]
+    assert [e.value for e in events.Scalars("hparams/last_loss")] == [pytest.approx(evals[-1]["loss"])]
+
+
+def test_a_folder_without_train_split_is_for_evaluation_only(tiny_setup, tmp_path, capsys):
+    from minillm.data.process import build_shards, build_text
+    from minillm.data.seq2seq import Seq2SeqExamples
+    from minillm.engine.batches import Prompts
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for path in (tiny_setup["work"] / "data" / "synthetic_nli" / "plain_text").glob("dev_r1-*"):
+        shutil.copy(path, raw / path.name)
+    out = tmp_path / "dev_only"
+    build_text(raw, out, "flan", "label", publish=False)
+    build_shards(out, str(tiny_setup["models"] / "tokenizer"), staged_text=True)
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == (f"[process_data_anli] {out} has no train split ({raw} has none): it can be evaluated on "
+                    "(minillm.evaluate --split, or a run's --eval-split) but not trained on")
+    refusal = (f"{out} has no train split (only all/dev, r1/dev): it was processed from raw data without training "
+               "files, so it can be evaluated on but not trained on; train on a folder processed from raw data that "
+               "has a train split")
+    with pytest.raises(ValueError) as error:  # SFT, KD, SeqKD and MiniLLM's LM term read their pairs here
+        Seq2SeqExamples(out, "r1", "train")
+    assert str(error.value) == refusal
+    with pytest.raises(ValueError) as error:  # MiniLLM's prompts
+        Prompts(out, "r1", "train", 512)
+    assert str(error.value) == refusal
+    assert len(Seq2SeqExamples(out, "r1", "dev")) == 60

@@ -14,6 +14,10 @@ if [[ "${USE_ACTIVE_ENV:-0}" != "1" && -z "${VIRTUAL_ENV:-}" && -x "$REPO/.venv/
 fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-true}"
+# VERBOSE=1: the libraries' own output too (DeepSpeed's accelerator detection, transformers' tied-weights warning
+# and weight-loading bars), which the Python entrypoints leave out otherwise (minillm/console.py). Exported, so that
+# a value set in a calling script reaches every process.
+export VERBOSE="${VERBOSE:-0}"
 
 # exit_with_usage_if_asked "$@": with -h or --help as the first argument, print the calling script's header (the
 # comment block under its shebang) and exit 0. Scripts call it first, before they check or touch anything.
@@ -217,7 +221,7 @@ launch_training() {
 }
 
 # launch_minillm [FLAGS...]: launch_training with --type minillm and the MiniLLM recipe variables the calling script
-# set (TEACHER_CKPT, PROMPT_DATA_DIR, LM_DATA_DIR (empty: no LM term), LM_COEF, NUM_ROLLOUTS, CHUNK_SIZE,
+# set (TEACHER_CKPT, PROMPT_DATA_DIR, LM_DATA_DIR (set and empty: no LM term), LM_COEF, NUM_ROLLOUTS, CHUNK_SIZE,
 # PPO_EPOCHS, ALPHA, GAMMA, MAX_NEW_TOKENS, SELECT_BY, WARMUP_STEPS, TEACHER_TOPK [0: full teacher distributions]),
 # MiniLLM's optimiser settings (constant rate
 # after warmup, AdamW betas 0.9/0.95, weight decay 1e-6) and FLAGS.

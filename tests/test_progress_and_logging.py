@@ -268,3 +268,26 @@ def test_a_folder_without_train_split_is_for_evaluation_only(tiny_setup, tmp_pat
         Prompts(out, "r1", "train", 512)
     assert str(error.value) == refusal
     assert len(Seq2SeqExamples(out, "r1", "dev")) == 60
+
+
+@pytest.mark.parametrize("recipe", ["train_small_xl.sh", "train_base_xl.sh", "train_large_xl.sh"])
+def test_the_minillm_lm_term_reads_the_data_evaluated_on_unless_turned_off(recipe, tmp_path):
+    """The T5 MiniLLM recipes: LM_DATA_DIR follows DATA_DIR (it read the default folder whatever DATA_DIR said);
+    LM_DATA_DIR set and empty turns the LM term off. VERBOSE is a setting of every script (not reported as
+    unknown)."""
+    clean = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "VIRTUAL_ENV") if name in os.environ}
+
+    def command(**env) -> list[str]:
+        done = subprocess.run(["bash", str(REPO / "t5-scripts" / "minillm" / recipe), str(tmp_path)],
+                              env={**clean, "DRY_RUN": "1", "PROMPT_DATA_DIR": "prompts", "VERBOSE": "1",
+                                   "DS_CONFIG": str(REPO / "configs" / "deepspeed" / "zero1_fp32.json"), **env},
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "VERBOSE" not in done.stderr, done.stderr
+        return done.stdout.split()
+
+    printed = command(DATA_DIR="elsewhere")
+    assert printed[printed.index("--data-dir") + 1] == printed[printed.index("--lm-data-dir") + 1] == "elsewhere"
+    default = command()
+    assert default[default.index("--lm-data-dir") + 1] == str(tmp_path / "processed_data" / "anli" / "flan-label")
+    off = command(LM_DATA_DIR="")
+    assert "--lm-data-dir" not in off and "--lm-coef" not in off

@@ -72,7 +72,7 @@ def _clock_text(seconds: float) -> str:
 class LineProgress:
     """A progress report for a stream that is not a terminal: one line (``desc: n/total unit (p%), elapsed, rate,
     time left, postfix``) each time the count passes a multiple of ``every``, and one at :meth:`close` unless the
-    last line already showed the final count; nothing before ``delay`` seconds have passed. The interface is the
+    last line already showed the final count or nothing was counted; nothing before ``delay`` seconds have passed. The interface is the
     part of tqdm's that the callers use (``update``, ``set_postfix``, ``close``, a context manager)."""
 
     def __init__(self, total: int, desc: str, every: int, initial: int = 0, unit: str = "it", delay: float = 0.0,
@@ -93,7 +93,7 @@ class LineProgress:
         self.postfix = ", ".join(f"{key}={value}" for key, value in values.items())
 
     def close(self) -> None:
-        if self.printed != self.n:
+        if self.printed != self.n and self.n > self.initial:
             self._line()
 
     def _line(self) -> None:

@@ -64,6 +64,8 @@ def test_line_progress_counts_from_a_resumed_step_and_waits_out_its_delay():
     quick = io.StringIO()
     with LineProgress(4, "eval dev", every=1, delay=5.0, stream=quick, clock=FakeClock()) as report:
         report.update(4)  # a phase that ends within its delay prints nothing
+    with LineProgress(4, "eval dev", every=1, stream=quick, clock=FakeClock()):
+        pass  # nor one that counted nothing (left by an error)
     assert quick.getvalue() == ""
 
 

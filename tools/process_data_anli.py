@@ -57,7 +57,10 @@ def resolve_raw_dir(args) -> Path:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    created = not args.out_dir.exists()  # then a failed run removes the folder it made
     try:
+        if not created and not args.out_dir.is_dir():
+            raise DataError(f"--out-dir {args.out_dir}: exists and is not a folder")
         # STAGE=all keeps the new text staged until the shards built from it are done, then publishes both.
         if args.stage in ("all", "text"):
             raw_dir = resolve_raw_dir(args)
@@ -67,7 +70,8 @@ def main(argv=None) -> None:
             build_shards(args.out_dir, args.tokenizer, args.max_prompt_length, args.dtype, args.shard_size,
                          args.template, args.target, staged_text=args.stage == "all", model_type=args.model_type)
     except DataError as err:
-        shutil.rmtree(staged_text_dir(args.out_dir), ignore_errors=True)  # the previous output stays as it was
+        # the previous output stays as it was
+        shutil.rmtree(args.out_dir if created else staged_text_dir(args.out_dir), ignore_errors=True)
         sys.exit(f"process_data_anli: error: {err}")
 
 

@@ -60,7 +60,10 @@ def resolve_raw_file(args) -> Path:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    created = not args.out_dir.exists()  # then a failed run removes the folder it made
     try:
+        if not created and not args.out_dir.is_dir():
+            raise DataError(f"--out-dir {args.out_dir}: exists and is not a folder")
         # STAGE=all keeps the new text staged until the shards built from it are done, then publishes both.
         if args.stage in ("all", "text"):
             raw_file = resolve_raw_file(args)
@@ -71,7 +74,8 @@ def main(argv=None) -> None:
             build_dolly_shards(args.out_dir, args.tokenizer, args.max_prompt_length, args.dtype, args.shard_size,
                                args.model_type, staged_text=args.stage == "all", template_name=args.template)
     except DataError as err:
-        for staging in (staged_text_dir(args.out_dir), args.out_dir / ".shards.tmp"):
+        stagings = [args.out_dir] if created else [staged_text_dir(args.out_dir), args.out_dir / ".shards.tmp"]
+        for staging in stagings:
             shutil.rmtree(staging, ignore_errors=True)  # the previous output stays as it was
         sys.exit(f"process_data_dolly: error: {err}")
 

@@ -169,6 +169,8 @@ class TrainConfig:
                                 "(or set CKPT / TEACHER_CKPT to an existing one)")
         if self.deepspeed_config is not None and not Path(self.deepspeed_config).is_file():
             problems.append(f"--deepspeed-config {self.deepspeed_config}: file not found")
+        if self.save_dir is not None:
+            problems += _save_dir_problems(self.save_dir)
         if self.data_dir is not None and not (Path(self.data_dir) / "meta.json").is_file():
             problems.append(f"--data-dir {self.data_dir}: no meta.json; run t5-scripts/tools/process_data_anli.sh")
         selected = self.selection_metric() if self.data_dir is not None else self.select_by
@@ -272,9 +274,22 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=1)
 
 
+def _save_dir_problems(save_dir: str) -> list[str]:
+    """``--save-dir`` must be a folder this process can write in, or one it can make (its nearest existing parent
+    writable): checked before anything loads, so that a run is not refused at its first log line or checkpoint."""
+    path = Path(save_dir).expanduser()
+    existing = next(folder for folder in (path, *path.parents) if folder.exists())
+    if not existing.is_dir():
+        return [f"--save-dir {save_dir}: {existing} is a file, not a folder; choose another --save-dir (SAVE_DIR)"]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"--save-dir {save_dir}: {existing} is not writable; choose another --save-dir (SAVE_DIR)"]
+    return []
+
+
 def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: a misspelt or shortened flag (--max-step) is refused, never taken for another (--max-steps)
-    parser = argparse.ArgumentParser(allow_abbrev=False,
+    # prog: under `python -m` argparse would call itself __main__.py in every error line
+    parser = argparse.ArgumentParser(prog="python -m minillm.finetune", allow_abbrev=False,
                                      description="Train a student (Flan-T5 or a decoder-only model) on processed "
                                                  "shards (ANLI, Dolly) with DeepSpeed.")
     for f in dataclasses.fields(TrainConfig):

@@ -69,8 +69,9 @@ class Objective:
                                    config.seed, config.bucket_window, self.adapter.pad_token_id)
         if source.steps_per_epoch == 0:
             raise ValueError(f"--data-dir {config.data_dir}: {len(examples)} training examples in round "
-                             f"{config.train_round}, fewer than one global batch ({source.global_batch_size}); "
-                             "lower --batch-size")
+                             f"{config.train_round}, fewer than one global batch ({source.global_batch_size} = "
+                             f"--batch-size {config.batch_size} x {processes.world_size} processes x --grad-acc "
+                             f"{config.grad_acc}); lower --batch-size or --grad-acc, or start fewer processes (NUM_GPUS)")
         return source
 
     def extra_evaluation(self, model, config, processes: Processes) -> dict | None:

@@ -387,7 +387,8 @@ class Decoding:
             raise ValueError(f"{len(self.seeds)} seeds with greedy decoding: every pass would give the same text; "
                              "sample, or give one seed")
         if self.mode == "sample" and not self.seeds:
-            raise ValueError("sampling needs seeds (MiniLLM's: 10 20 30 40 50), so that its figures can be reproduced")
+            raise ValueError("sampling needs seeds: give --seeds (MiniLLM's: 10 20 30 40 50), so that its figures "
+                             "can be reproduced")
         if not self.temperature > 0:
             raise ValueError(f"temperature {self.temperature}: must be > 0")
         if self.top_k < 0:

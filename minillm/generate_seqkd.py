@@ -64,7 +64,8 @@ from .models import IGNORE_INDEX, adapter_for, check_tokenizer_matches, load_mod
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(allow_abbrev=False,
+    # prog: under `python -m` argparse would call itself __main__.py in every error line
+    p = argparse.ArgumentParser(prog="python -m minillm.generate_seqkd", allow_abbrev=False,
                                 description="Generate SeqKD targets: the teacher's output for every prompt.")
     p.add_argument("--model-path", required=True, help="teacher checkpoint (hub name or folder)")
     p.add_argument("--data-dir", required=True,

@@ -138,6 +138,30 @@ free_port() {
   python -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
 }
 
+# check_hostfile: with HOSTFILE, end the script (one line, status 2) before anything is created or launched when the
+# file is missing or when a host it names does not resolve here (getent hosts): the DeepSpeed launcher would fail only
+# after its ssh attempts, with a Python traceback. Hosts are not checked with --no_ssh in LAUNCHER_ARGS (each node
+# starts its own processes and no host is reached by name) nor in a dry run (which may print a cluster's command on
+# a machine outside it).
+check_hostfile() {
+  [[ -n "${HOSTFILE:-}" ]] || return 0
+  if [[ ! -f "$HOSTFILE" ]]; then
+    echo "launch_module: HOSTFILE=$HOSTFILE not found (examples in $REPO/configs/hostfiles/)" >&2
+    exit 2
+  fi
+  [[ " ${LAUNCHER_ARGS:-} " != *" --no_ssh "* && "${DRY_RUN:-0}" != "1" ]] && command -v getent > /dev/null 2>&1 \
+    || return 0
+  local host
+  while read -r host _ || [[ -n "$host" ]]; do  # the last line may lack its newline
+    [[ -z "$host" || "$host" == \#* ]] && continue
+    if ! getent hosts "$host" > /dev/null; then
+      echo "launch_module: HOSTFILE=$HOSTFILE names host $host, which does not resolve here (getent hosts $host);" \
+        "correct the name or add it to /etc/hosts" >&2
+      exit 2
+    fi
+  done < "$HOSTFILE"
+}
+
 # launch_module MODULE [FLAGS...]: run `python -m MODULE FLAGS...` in NUM_GPUS processes per node. One process on one
 # node runs as plain python (a world of one); several run under torchrun (the launcher MiniLLM's own scripts use);
 # with HOSTFILE the DeepSpeed launcher starts them on every node it lists. Each launcher costs seconds of start-up,
@@ -155,10 +179,7 @@ launch_module() {
     echo "launch_module: NUM_GPUS=$num_gpus and NUM_NODES=$num_nodes must be whole numbers >= 1" >&2
     exit 2
   fi
-  if [[ -n "${HOSTFILE:-}" && ! -f "$HOSTFILE" ]]; then
-    echo "launch_module: HOSTFILE=$HOSTFILE not found (examples in $REPO/configs/hostfiles/)" >&2
-    exit 2
-  fi
+  check_hostfile
   local cores
   cores="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2> /dev/null || echo 0)"  # the cores, not a thread cap
   if (( cores > 0 && num_gpus > cores )); then
@@ -205,6 +226,7 @@ launch_training() {
   if [[ -n "${MODEL_PARALLEL_SIZE:-}" ]]; then
     model_parallel=(--model-parallel --model-parallel-size "$MODEL_PARALLEL_SIZE")
   fi
+  check_hostfile  # before SAVE_DIR is made
   if [[ "${DRY_RUN:-0}" != "1" ]]; then  # a dry run prints the command alone and creates nothing
     mkdir -p "$SAVE_DIR"
     local processes="?" global="?"  # launch_module refuses counts that are not whole numbers

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from minillm.data.seq2seq import Seq2SeqExamples, bucketed_batches
 from minillm.engine.padding import padding_fraction
@@ -217,9 +218,11 @@ def test_zero3_two_processes_trains_and_saves_loadable_checkpoint(tiny_setup, tm
 
 def test_checkpoint_reloads_with_the_same_logits(tiny_setup, tmp_path):
     """best/ loaded with from_pretrained scores the dev set exactly as the in-training model did (its metrics.json
-    holds the loss and per-round accuracy computed by the DeepSpeed-wrapped model at that step)."""
+    holds the loss and per-round accuracy computed by the DeepSpeed-wrapped model at that step). Its output, piped
+    as in a batch job, is what a log file gets (test_progress_and_logging.py has the pieces)."""
     done = run_sft(tiny_setup, tmp_path / "run", MAX_STEPS=8, EVAL_INTERVAL=2)
     assert_ok(done)
+    assert_log_file_output(done, tmp_path / "run", steps=8)
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     # the student recipe: best/ by dev accuracy, best_loss/ by dev loss, ties to the later step
@@ -312,11 +315,44 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(tiny_setup, tmp_p
     assert "saved with the extra selections none, now best_loss" in refused.stdout + refused.stderr
 
 
+def assert_log_file_output(done: subprocess.CompletedProcess, save_dir: Path, steps: int) -> None:
+    """A run whose output is not a terminal (minillm/console.py): a progress line per metric line (--log-interval
+    1), no carriage return, none of the libraries' noise; metrics.jsonl rows say their kind; TensorBoard holds the
+    run's resolved settings as text and in the HParams tab with its final dev figures."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    output = done.stdout + done.stderr
+    assert "\r" not in output
+    for noise in ("Setting accelerator to CPU", "The tied weights mapping", "Loading weights", "Writing model shards"):
+        assert noise not in output, noise
+    progress = [line.split(" steps")[0] for line in done.stderr.splitlines() if line.startswith("train: ")]
+    assert progress == [f"train: {step}/{steps}" for step in range(1, steps + 1)]
+    rows = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {row["kind"] for row in rows} == {"train", "eval"}
+    assert all(("lr" in row) == (row["kind"] == "train") and ("split" in row) == (row["kind"] == "eval")
+               for row in rows)
+    evals = [row for row in rows if row["kind"] == "eval"]
+    events = EventAccumulator(str(save_dir / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("eval/r1/accuracy_rank")] == [
+        (row["step"], pytest.approx(row["rounds"]["r1"]["accuracy_rank"])) for row in evals]
+    config_text = json.loads(events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode())
+    assert config_text["max_steps"] == steps and config_text["select_by"] == "accuracy"  # auto, resolved
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info.hparams
+    assert start["total_steps"].number_value == steps and start["select_by"].string_value == "accuracy"
+    assert start["adam_betas"].string_value == "[0.9, 0.999]"  # lists as JSON text
+    best = max(evals, key=lambda row: (row["accuracy_rank"], row["step"]))  # ties go to the later step
+    assert [(e.step, e.value) for e in events.Scalars("hparams/best_accuracy")] == [
+        (steps, pytest.approx(best["accuracy_rank"]))]
+    assert [e.value for e in events.Scalars("hparams/best_loss_loss")] == [
+        pytest.approx(min(row["loss"] for row in evals))]
+    assert [e.value for e in events.Scalars("hparams/last_loss")] == [pytest.approx(evals[-1]["loss"])]
+
+
 def test_resumed_log_drops_what_followed_the_checkpoint(tmp_path):
     """metrics.jsonl keeps the lines the checkpoint counted (a rollout collection logged after it at its own step
     goes too); TensorBoard purges the steps after it. Both then read as one run."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     log = RunLog(tmp_path, enabled=True)
     for step in range(1, 6):
         log.write({"step": step, "loss": 100.0 + step}, "train")

@@ -1,10 +1,10 @@
-"""What a run shows and records (minillm/console.py, minillm/engine/run_log.py): progress as plain lines in a log
-and a bar on a terminal, library noise left out unless VERBOSE=1, metrics.jsonl rows that say their kind,
-TensorBoard's config and hparams, the last line of a run, the warmup warning of an epoch-limited run, and data
-processed without a train split (evaluated on, not trained on)."""
+"""What a run shows and records (minillm/console.py): progress as plain lines in a log and a bar on a terminal,
+library noise left out unless VERBOSE=1, the warmup warning of an epoch-limited run, data processed without a train
+split (evaluated on, not trained on), and the MiniLLM recipes' LM data. A whole run's output in a log file, its
+metrics.jsonl kinds and its TensorBoard config and hparams are checked on a run test_engine.py makes anyway
+(assert_log_file_output)."""
 
 import io
-import json
 import logging
 import os
 import shutil
@@ -19,7 +19,6 @@ from minillm import console
 from minillm.console import LineProgress, progress, quiet_libraries
 
 REPO = Path(__file__).resolve().parents[1]
-NOISE = ("Setting accelerator to CPU", "The tied weights mapping", "Loading weights", "Writing model shards")
 
 
 class FakeClock:
@@ -188,61 +187,21 @@ def test_evaluation_reports_its_batches(tiny_setup, monkeypatch, capsys):
     assert [line.split(" batches")[0] for line in lines] == [f"eval dev: {n}/5" for n in range(1, 6)]
 
 
-def read_events(folder: Path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+def test_an_epoch_limited_run_warns_when_its_warmup_covers_it():
+    from minillm.engine.config import parse_config
+    from minillm.engine.trainer import warmup_warning
 
-    events = EventAccumulator(str(folder))
-    events.Reload()
-    return events
+    def config(*flags):
+        return parse_config(["--model-path", "m", "--data-dir", "d", "--save-dir", "s", "--epochs", "1", *flags])
 
-
-def test_an_epoch_run_in_a_log_file(tiny_setup, tmp_path):
-    """One tiny SFT run with its output piped, as in a batch job: one epoch of 300 examples in batches of 32 is 9
-    steps, shorter than its 10 warmup steps."""
-    save = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k != "VERBOSE"}
-    done = subprocess.run(
-        [sys.executable, "-m", "minillm.finetune", "--model-path", str(tiny_setup["models"] / "tiny-student"),
-         "--data-dir", str(tiny_setup["data_dir"]), "--save-dir", str(save), "--train-round", "r1",
-         "--eval-rounds", "r1", "--deepspeed-config", str(REPO / "configs" / "deepspeed" / "zero0_fp32.json"),
-         "--batch-size", "32", "--epochs", "1", "--warmup-steps", "10", "--lr", "1e-3", "--eval-interval", "4",
-         "--log-interval", "4", "--eval-max-examples", "20", "--no-eval-generate"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    output = done.stdout + done.stderr
-    for noise in NOISE:
-        assert noise not in output, noise
-    assert "\r" not in output
-    assert ("--warmup-steps 10 is not shorter than the run (--epochs 1 x 9 steps = 9 steps): the learning rate never "
-            "reaches --lr") in done.stderr
-    progress_lines = [line for line in done.stderr.splitlines() if line.startswith("train: ")]
-    assert [line.split(" steps")[0] for line in progress_lines] == ["train: 4/9", "train: 8/9", "train: 9/9"]
-
-    rows = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["kind"], r["step"]) for r in rows] == [("train", 4), ("eval", 4), ("train", 8), ("eval", 8),
-                                                      ("train", 9), ("eval", 9)]
-    assert all(("lr" in r) == (r["kind"] == "train") and ("split" in r) == (r["kind"] == "eval") for r in rows)
-    evals = [r for r in rows if r["kind"] == "eval"]
-    best = max(evals, key=lambda r: (r["accuracy_rank"], r["step"]))  # ties go to the later step
-    assert done.stdout.splitlines()[-1].startswith(
-        f"train: {save / 'best'} is step {best['step']} of 9, selected by dev accuracy {best['accuracy_rank']:.4g}")
-
-    events = read_events(save / "tensorboard")
-    assert [(e.step, e.value) for e in events.Scalars("eval/r1/accuracy_rank")] == [
-        (r["step"], pytest.approx(r["accuracy_rank"])) for r in evals]
-    config_text = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
-    assert json.loads(config_text)["warmup_steps"] == 10 and json.loads(config_text)["select_by"] == "accuracy"
-    from tensorboard.plugins.hparams import plugin_data_pb2
-
-    contents = events.PluginTagToContent("hparams")
-    start = plugin_data_pb2.HParamsPluginData.FromString(contents["_hparams_/session_start_info"])
-    settings = start.session_start_info.hparams
-    assert settings["lr"].number_value == pytest.approx(1e-3) and settings["total_steps"].number_value == 9
-    assert settings["select_by"].string_value == "accuracy"  # auto, resolved from the data's target kind
-    assert settings["adam_betas"].string_value == "[0.9, 0.999]"
-    assert [(e.step, e.value) for e in events.Scalars("hparams/best_accuracy")] == [
-        (9, pytest.approx(best["accuracy_rank"]))]
-    assert [e.value for e in events.Scalars("hparams/last_loss")] == [pytest.approx(evals[-1]["loss"])]
+    assert warmup_warning(config("--warmup-steps", "10"), 9, 9) == (
+        "--warmup-steps 10 is not shorter than the run (--epochs 1 x 9 steps = 9 steps): the learning rate never "
+        "reaches --lr")
+    assert warmup_warning(config("--warmup-steps", "9"), 9, 9).endswith("the learning rate reaches --lr only at "
+                                                                           "the last step")
+    assert warmup_warning(config("--warmup-steps", "8"), 9, 9) is None
+    # --max-steps sets the length: TrainConfig.validate has warned already, before anything loaded
+    assert warmup_warning(config("--warmup-steps", "10", "--max-steps", "5"), 9, 5) is None
 
 
 def test_a_folder_without_train_split_is_for_evaluation_only(tiny_setup, tmp_path, capsys):

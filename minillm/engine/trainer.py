@@ -29,7 +29,7 @@ import torch
 
 from .. import console
 from ..data.seq2seq import read_meta
-from ..evaluation import check_split, evaluate, format_table
+from ..evaluation import evaluate, format_table
 from ..models import adapter_for, check_tokenizer_matches, load_model, load_tokenizer
 from ..objectives import Processes, build_objective
 from .checkpoint import find_checkpoint, load_training_state, save_checkpoint
@@ -248,8 +248,6 @@ def setup(config: TrainConfig) -> Run:
     objective = build_objective(config.type, config, adapter,
                                 lambda path: load_frozen_model(path, config, model, ds_config, device))
     meta = read_meta(config.data_dir)
-    # the split every evaluation reads, checked now rather than at the first evaluation, after training steps
-    check_split(config.data_dir, config.eval_split, config.eval_rounds)
     # `model` is the module the DeepSpeed engine wraps (in place, also when ZeRO-3 partitions it)
     sampling = SamplingScope([model, *objective.frozen_models], zero_stage(ds_config) == 3,
                              config.gather_for_sampling, device)
@@ -284,16 +282,24 @@ def setup(config: TrainConfig) -> Run:
     description = source.describe()
     if description is not None:
         log.print(description)
-    if not config.max_steps and config.warmup_steps >= total_steps and rank == 0:  # --max-steps: config warns
-        print(f"--warmup-steps {config.warmup_steps} is not shorter than the run (--epochs {config.epochs} x "
-              f"{steps_per_epoch} steps = {total_steps} steps): the learning rate "
-              f"{'never reaches' if config.warmup_steps > total_steps else 'reaches'} --lr"
-              f"{'' if config.warmup_steps > total_steps else ' only at the last step'}", file=sys.stderr)
+    warning = warmup_warning(config, steps_per_epoch, total_steps)
+    if warning is not None and rank == 0:
+        print(warning, file=sys.stderr)
     run = Run(config, rank, world_size, device, tokenizer, objective, processes, source, engine, scheduler,
               adapter.token_counts, log, state, total_steps, steps_per_epoch, eval_interval,
               config.save_interval or eval_interval)
     log.write_config(run_settings(run), state["step"])
     return run
+
+
+def warmup_warning(config: TrainConfig, steps_per_epoch: int, total_steps: int) -> str | None:
+    """The line for a run that ``--epochs`` sets the length of and whose warmup is not shorter than it (with
+    ``--max-steps``, :meth:`TrainConfig.validate` warns before anything loads), else None."""
+    if config.max_steps or config.warmup_steps < total_steps:
+        return None
+    reach = "never reaches --lr" if config.warmup_steps > total_steps else "reaches --lr only at the last step"
+    return (f"--warmup-steps {config.warmup_steps} is not shorter than the run (--epochs {config.epochs} x "
+            f"{steps_per_epoch} steps = {total_steps} steps): the learning rate {reach}")
 
 
 def run_settings(run: Run) -> dict:

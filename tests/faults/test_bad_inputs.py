@@ -5,9 +5,10 @@ One table, :data:`CASES`: how the bad input is made, the entrypoint it goes to (
 ``minillm.evaluate``, ``minillm.generate_seqkd``, a recipe's bash launch) and a fragment of the expected message.
 Each case runs in a folder of its own (the bad input and the output folder the command was pointed at), and that
 folder is compared file by file before and after: a refused command leaves it as it was, with no partial output and
-no temporary file. Most cases call the entrypoint's ``main(argv)`` in this process (a Python subprocess costs seconds
-of imports); those marked ``subprocess`` run the real command, which proves the exit status and the stderr of each
-entrypoint end to end.
+no temporary file (the tiny setup's data and checkpoints, which cases read, are watched as well). Most cases call
+the entrypoint's ``main(argv)`` in this process (a Python subprocess costs seconds of imports); one case of each
+command (a data tool, the trainer, the evaluation, SeqKD generation, the bash launch) runs as the real command,
+which proves its exit status and stderr end to end.
 
 ``--max-steps`` below ``--warmup-steps`` is not refused: the trainer warns in one line and trains (a short trial of a
 recipe keeps the recipe's warmup); :func:`test_warmup_longer_than_the_run_warns_and_trains` holds it to that.
@@ -21,7 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -86,18 +87,22 @@ class Case:
     expect: tuple[str, ...]  # fragments of the message line ("{case}" stands for the case's folder)
     subprocess: bool = False
     setup: Callable[[Bench, pytest.MonkeyPatch], None] | None = None  # in-process preparation (monkeypatches)
-    env: dict = field(default_factory=dict)
 
 
 def _good_record(**fields) -> str:
     return json.dumps({"uid": "u9", "context": "A man sits.", "hypothesis": "A man is seated.", "label": "e", **fields})
 
 
-def _make_read_only(bench: Bench) -> Path:
+def _read_only_save_dir(bench: Bench) -> list[str]:
     folder = bench.case / "save"
     folder.mkdir()
     make_read_only(folder)
-    return folder
+    return bench.train(save="save")
+
+
+def _save_dir_under_a_file(bench: Bench) -> list[str]:
+    bench.write("run", "a file where a folder of the path should be")
+    return bench.train(save="run/save")
 
 
 def make_read_only(folder: Path) -> None:
@@ -142,7 +147,8 @@ def _hostfile(bench: Bench) -> list[str]:
 CASES = [
     # ---------------------------------------------------------------- data processing: tools/process_data_*.py
     Case("anli-missing-raw-folder", "anli",
-         lambda b: ["--raw-dir", str(b.case / "nope"), "--out-dir", str(b.case / "out"), "--tokenizer", str(b.tokenizer)],
+         lambda b: ["--raw-dir", str(b.case / "nope"), "--out-dir", str(b.case / "out"),
+                    "--tokenizer", str(b.tokenizer)],
          ("{case}/nope: raw data folder not found",), subprocess=True),
     Case("anli-empty-raw-folder", "anli",
          lambda b: ["--raw-dir", str(b.write("raw/R1/.keep", "").parent.parent), "--out-dir", str(b.case / "out"),
@@ -216,7 +222,8 @@ CASES = [
          ("{case}/corpus/a.jsonl:2: field text is missing",)),
     Case("pretrain-bad-max-length", "pretrain",
          lambda b: ["--corpus-dir", str(b.write("corpus/a.txt", "one two three\n").parent), "--out-dir",
-                    str(b.case / "out"), "--tokenizer", str(b.tokenizer), "--model-type", "causal", "--max-length", "1"],
+                    str(b.case / "out"), "--tokenizer", str(b.tokenizer), "--model-type", "causal",
+                    "--max-length", "1"],
          ("MAX_LENGTH=1: a chunk needs at least 2 tokens",)),
     # ---------------------------------------------------------------- training: python -m minillm.finetune
     Case("train-checkpoint-without-tokenizer", "finetune", lambda b: b.train(model=b.no_tokenizer),
@@ -241,9 +248,9 @@ CASES = [
     Case("train-minillm-rollouts-not-divisible", "finetune",
          lambda b: b.minillm("--num-rollouts", "3"), ("--num-rollouts 3 is not a multiple of the 2 processes",),
          setup=_two_processes),
-    Case("train-read-only-save-dir", "finetune", lambda b: b.train(save="save") if _make_read_only(b) else [],
+    Case("train-read-only-save-dir", "finetune", _read_only_save_dir,
          ("--save-dir {case}/save: {case}/save is not writable",)),
-    Case("train-save-dir-under-a-file", "finetune", lambda b: b.train(save="run/save") if b.write("run", "x") else [],
+    Case("train-save-dir-under-a-file", "finetune", _save_dir_under_a_file,
          ("--save-dir {case}/run/save: {case}/run is a file, not a folder",)),
     Case("train-missing-data-folder", "finetune",
          lambda b: [*b.train(), "--data-dir", str(b.case / "data")], ("--data-dir {case}/data: no meta.json",)),
@@ -342,10 +349,12 @@ def made(tiny_setup, flan_t5_tokenizer_dir, tmp_path_factory) -> dict:
             "other_vocab": other_vocab, "flan_tokenizer": flan_t5_tokenizer_dir}
 
 
-def snapshot(folder: Path) -> dict:
-    """Every entry under ``folder``: relative path -> (kind, size, modification time)."""
-    return {str(p.relative_to(folder)): (p.is_dir(), p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*"))}
+def snapshot(bench: Bench) -> dict:
+    """Every entry under the case's folder and the tiny setup's data and checkpoints: path -> (kind, size,
+    modification time)."""
+    folders = (bench.case, bench.data, bench.student.parent, bench.no_tokenizer, bench.other_vocab)
+    return {str(p): (p.is_dir(), p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
+            for folder in folders for p in sorted(folder.rglob("*"))}
 
 
 def _tool_main(name: str):
@@ -370,8 +379,8 @@ def run_in_process(entry: str, argv: list[str], capsys) -> tuple[int, str]:
     return status or 0, capsys.readouterr().err
 
 
-def run_subprocess(entry: str, argv: list[str], bench: Bench, env: dict) -> tuple[int, str]:
-    environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **env)
+def run_subprocess(entry: str, argv: list[str], bench: Bench) -> tuple[int, str]:
+    environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         environment.pop(name, None)
     if entry == "launch":  # a recipe, as a user starts it on two nodes
@@ -423,12 +432,12 @@ def test_bad_input_is_refused_in_one_line(case: Case, made, tmp_path, capsys, mo
             case.setup(bench, monkeypatch)
         if case.entry == "finetune" and not case.subprocess:
             refuse_before_the_engine(monkeypatch)
-        before = snapshot(bench.case)
+        before = snapshot(bench)
         if case.subprocess:
-            status, stderr = run_subprocess(case.entry, argv, bench, case.env)
+            status, stderr = run_subprocess(case.entry, argv, bench)
         else:
             status, stderr = run_in_process(case.entry, argv, capsys)
-        after = snapshot(bench.case)
+        after = snapshot(bench)
     finally:
         _undo_read_only(bench.case / "save")
     assert status != 0, stderr[-3000:]

@@ -29,7 +29,7 @@ import torch
 
 from .. import console
 from ..data.seq2seq import read_meta
-from ..evaluation import evaluate, format_table
+from ..evaluation import check_split, evaluate, format_table
 from ..models import adapter_for, check_tokenizer_matches, load_model, load_tokenizer
 from ..objectives import Processes, build_objective
 from .checkpoint import find_checkpoint, load_training_state, save_checkpoint
@@ -248,6 +248,8 @@ def setup(config: TrainConfig) -> Run:
     objective = build_objective(config.type, config, adapter,
                                 lambda path: load_frozen_model(path, config, model, ds_config, device))
     meta = read_meta(config.data_dir)
+    # the split every evaluation reads, checked now rather than at the first evaluation, after training steps
+    check_split(config.data_dir, config.eval_split, config.eval_rounds)
     # `model` is the module the DeepSpeed engine wraps (in place, also when ZeRO-3 partitions it)
     sampling = SamplingScope([model, *objective.frozen_models], zero_stage(ds_config) == 3,
                              config.gather_for_sampling, device)

@@ -376,6 +376,11 @@ def run_in_process(entry: str, argv: list[str], capsys) -> tuple[int, str]:
         if isinstance(status, str):
             print(status, file=sys.stderr)
             status = 1
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():  # generate_seqkd returns its refusals with its one-process group still up
+            dist.destroy_process_group()
     return status or 0, capsys.readouterr().err
 
 

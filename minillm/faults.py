@@ -5,7 +5,7 @@
 rank with it, as ``kill -KILL -PGID`` would) the N-th time it reaches :func:`kill_point` ``(POINT)``; unset, as it
 always is outside those tests, :func:`kill_point` does nothing. The points:
 
-- ``step``: mid optimizer step, after the first micro-batch's backward and before the optimizer has stepped;
+- ``step``: mid optimizer step, after a micro-batch's backward (N counts micro-batches), before the optimizer steps;
 - ``save``: while ``last/`` is being written (its training state is in ``last.tmp``, not yet renamed);
 - ``eval``: during an evaluation, after the shared figures and before the objective's own;
 - ``collect``: during a MiniLLM rollout collection, after one sampling batch;

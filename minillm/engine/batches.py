@@ -4,7 +4,10 @@ A batch source answers ``micro_batches(step)`` with the ``grad_acc`` micro-batch
 optimizer step ``step`` (a pure function of the step and the seed, so a resumed run picks up where it stopped),
 ``pop_stats()`` with figures to log when something beyond training happened at that step (a rollout collection)
 or None, ``steps_per_epoch`` (optimizer steps per pass over its data), ``data_summary`` (what it trains on, for the
-run's first line) and ``describe()`` (a further line about how it works, or None). The objective chooses its source
+run's first line) and ``describe()`` (a further line about how it works, or None). ``state_dict(step)`` is what a
+checkpoint at ``step`` must keep of this process's source beyond the step (a dict of tensors, or None: the
+supervised sources hold nothing, their batches follow from the step), ``load_state_dict(state, step)`` takes it
+back on ``--resume``. The objective chooses its source
 (:meth:`minillm.objectives.Objective.batch_source`): :class:`SupervisedBatches` over (prompt, target) pairs for
 SFT, KD and SeqKD; MiniLLM's rollouts are in :mod:`minillm.objectives.minillm.batches`.
 """
@@ -50,6 +53,14 @@ class SupervisedBatches:
 
     def describe(self) -> str | None:
         return None
+
+    def state_dict(self, step: int) -> None:
+        return None
+
+    def load_state_dict(self, state: dict | None, step: int) -> None:
+        if state is not None:
+            raise ValueError(f"--resume: the checkpoint at step {step} holds a batch-source state, which supervised "
+                             "batches never save; it was written by another --type")
 
 
 class Prompts:

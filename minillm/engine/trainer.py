@@ -30,9 +30,10 @@ import torch
 from .. import console
 from ..data.seq2seq import read_meta
 from ..evaluation import check_split, evaluate, format_table
+from ..faults import kill_point
 from ..models import adapter_for, check_tokenizer_matches, load_model, load_tokenizer
 from ..objectives import Processes, build_objective
-from .checkpoint import find_checkpoint, load_training_state, save_checkpoint
+from .checkpoint import find_checkpoint, load_source_state, load_training_state, save_checkpoint
 from .config import TrainConfig
 from .clipped_adamw import ClippedAdamW
 from .deepspeed_config import (check_precision, clipping_in_trainer, engine_config, load_deepspeed_config,
@@ -269,7 +270,7 @@ def setup(config: TrainConfig) -> Run:
         # itself and copy it back, every step.
         engine.enable_backward_allreduce = False
 
-    state = initial_state(config, engine, total_steps, world_size)
+    state = initial_state(config, engine, source, total_steps, world_size, device)
     log = RunLog(Path(config.save_dir), enabled=rank == 0, resumed_step=state["step"] if config.resume else None,
                  resumed_lines=state.get("log_lines") if config.resume else None)
     log.print(f"train: {source.data_summary}, {world_size} process(es), "
@@ -323,10 +324,12 @@ def final_figures(state: dict, metrics: dict) -> dict:
     return figures
 
 
-def initial_state(config: TrainConfig, engine, total_steps: int, world_size: int) -> dict:
+def initial_state(config: TrainConfig, engine, source, total_steps: int, world_size: int, device) -> dict:
     """The trainer state at step 0, or the one saved in ``last/`` with ``--resume`` (its DeepSpeed state loaded
-    into ``engine``). best/ is recorded as before (select_by, best_metric, best_step); every selection, best_<metric>/
-    included, in "selections": folder -> {"select_by", "metric" (the best value so far), "step"}."""
+    into ``engine``, this process's RNG states restored, and the batch ``source`` given what it kept at that step,
+    so that the resumed steps are those of the uninterrupted run, bit for bit). best/ is recorded as before
+    (select_by, best_metric, best_step); every selection, best_<metric>/ included, in "selections": folder ->
+    {"select_by", "metric" (the best value so far), "step"}."""
     selected = selections(config)
     state = {"step": 0, "total_steps": total_steps, "world_size": world_size, "select_by": selected["best"],
              "best_metric": None, "best_step": None,
@@ -341,6 +344,7 @@ def initial_state(config: TrainConfig, engine, total_steps: int, world_size: int
         if state["step"] > total_steps:
             raise ValueError(f"--resume: {checkpoint} is at step {state['step']}, past this run's {total_steps} "
                              "steps; raise --max-steps (or --epochs) to train on")
+        source.load_state_dict(load_source_state(checkpoint, device), state["step"])
     return state
 
 
@@ -371,6 +375,7 @@ def loop(run: Run) -> dict:
             window["cells"] += cells
             output = run.objective(engine, _to_device(batch, run.device))
             engine.backward(output.loss_sum * scale)
+            kill_point("step")
             engine.step()
             # device tensors: no host synchronisation per micro-batch
             window["loss"] += output.loss_sum.detach()
@@ -438,6 +443,7 @@ def run_evaluation(run: Run) -> dict:
                       config.eval_batch_size, config.eval_max_new_tokens, config.eval_generate,
                       config.eval_max_examples, run.objective.adapter, config.max_prompt_length,
                       config.max_target_length, teacher=getattr(run.objective, "teacher", None))
+    kill_point("eval")
     metrics = {"step": run.state["step"], "overall": result["overall"], "rounds": result["rounds"]}
     extra = run.objective.extra_evaluation(run.engine.module, config, run.processes)
     if extra is not None:
@@ -468,7 +474,8 @@ def log_evaluation(run: Run, metrics: dict) -> None:
 def save(run: Run, name: str, metrics: dict | None, with_training_state: bool) -> None:
     run.state["log_lines"] = run.log.lines  # where metrics.jsonl stands at this checkpoint (rank 0 writes both)
     save_checkpoint(run.engine, run.tokenizer, run.save_dir / name, args=dataclasses.asdict(run.config),
-                    trainer_state=dict(run.state), metrics=metrics, with_training_state=with_training_state)
+                    trainer_state=dict(run.state), metrics=metrics, with_training_state=with_training_state,
+                    source_state=run.source.state_dict(run.state["step"]) if with_training_state else None)
 
 
 def summary_line(metrics: dict, state: dict, select_by: str, extra: str | None = None) -> str:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from ...console import progress, with_progress
 from ...engine.batches import SupervisedBatches, prompt_batches
 from ...engine.distributed import all_reduce_sum, all_reduce_sum_
+from .rollouts import Rollouts
 
 ROLLOUT_PROGRESS_DELAY = 5.0  # seconds
 
@@ -24,6 +27,12 @@ class RolloutBatches:
     (which, with ``--whiten-scope micro-batch``, whitens its advantages with an all-reduce: every process forms the
     same number of micro-batches in the same order, so the calls pair up). With ``lm`` (a
     :class:`SupervisedBatches` over gold pairs) each micro-batch carries a gold batch under ``"lm"``.
+
+    Resuming: a checkpoint inside a collection keeps this process's store (:meth:`state_dict`), since its rollouts
+    were sampled by the student of the collection's first step, which the checkpoint no longer holds; the resumed
+    run trains on the very same rollouts. At a collection boundary nothing is kept: the next collection is sampled
+    from the checkpoint's student with the collection's own generator (seeded by seed, collection and rank), as
+    the uninterrupted run samples it.
     """
 
     def __init__(self, objective, model, prompts, lm: SupervisedBatches | None, config, processes):
@@ -103,3 +112,32 @@ class RolloutBatches:
     def pop_stats(self) -> dict | None:
         stats, self._stats = self._stats, None
         return stats
+
+    def state_dict(self, step: int) -> dict | None:
+        """The store in use at ``step`` as flat tensors (the :class:`Rollouts` fields under ``rollouts.``, the
+        store's other tensors under their names) and its collection number; None at a collection boundary."""
+        collection, position = divmod(step, self.steps_per_epoch)
+        if position == 0:
+            return None
+        rollouts = self._store["rollouts"]
+        state = {"collection": torch.tensor(collection)}
+        for f in dataclasses.fields(Rollouts):
+            if getattr(rollouts, f.name) is not None:
+                state[f"rollouts.{f.name}"] = getattr(rollouts, f.name)
+        state.update({k: v for k, v in self._store.items() if k != "rollouts"})
+        return state
+
+    def load_state_dict(self, state: dict | None, step: int) -> None:
+        """Take back :meth:`state_dict`'s store (on this process's device) for a run resumed at ``step``."""
+        collection, position = divmod(step, self.steps_per_epoch)
+        if position == 0:
+            return
+        if state is None or int(state["collection"]) != collection:
+            raise ValueError(f"--resume: the checkpoint at step {step} lacks the rollouts of collection {collection} "
+                             f"(in use until step {(collection + 1) * self.steps_per_epoch}); it cannot be resumed "
+                             "exactly: start from an earlier checkpoint or a new SAVE_DIR")
+        prefix = "rollouts."
+        rollouts = Rollouts(**{k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        self._store = {"rollouts": rollouts,
+                       **{k: v for k, v in state.items() if not k.startswith(prefix) and k != "collection"}}
+        self._collection = collection

@@ -62,6 +62,7 @@ from ...data.seq2seq import Seq2SeqExamples, read_meta
 from ...divergences import coarsen, reverse_kl
 from ...engine.batches import Prompts, SupervisedBatches, prompt_batches
 from ...engine.distributed import all_reduce_sum
+from ...faults import kill_point
 from ...losses import token_cross_entropy
 from ..base import Objective, ObjectiveOutput, Processes
 from .batches import RolloutBatches
@@ -150,9 +151,11 @@ class MiniLLMObjective(Objective):
         ``(store, stats)``: the store holds the :class:`Rollouts` plus rewards, advantages and weights ``[N, T]``;
         stats are sums over this process's rollouts (reward, rev_kl_k3, mixed_length, sequences, tokens) for the
         engine to reduce and log."""
-        parts = [sample_rollouts(model, self.teacher, b["input_ids"], b["attention_mask"], self.sampling, self.adapter,
-                                 generator, self.teacher_topk, all_done)
-                 for b in prompt_batches]
+        parts = []
+        for b in prompt_batches:
+            parts.append(sample_rollouts(model, self.teacher, b["input_ids"], b["attention_mask"], self.sampling,
+                                         self.adapter, generator, self.teacher_topk, all_done))
+            kill_point("collect")
         rollouts = Rollouts.concatenate(parts, self.adapter.pad_token_id)
         rewards, advantages, weights = self.advantages(rollouts, all_reduce_sum)
         mask = rollouts.mask

@@ -35,6 +35,13 @@ option its text states, parsed as in evaluation, or None). ``meta.json`` holds t
 ``banned_ids``, the counts ``outputs`` and ``unfinished``, and ``unparsed`` / ``agree_with_gold`` (teacher answers
 that match the gold label), which are null for data without options (Dolly).
 ``process_pseudo_data_seqkd.sh`` turns the folder into training shards whose targets are those ids.
+
+Resuming: each process records every finished batch in ``OUT_DIR/../.{OUT_DIR name}.batches/rank{k}/``
+(:class:`BatchRecord`), and sampling reseeds before every batch from (``--seed``, process, batch), so a run killed
+midway and started again with the same command takes the recorded batches as they are and generates the rest,
+drawing what the first run would have drawn: the output is byte for byte that of an uninterrupted run. The record
+is removed once the output is written; one made with other settings (flags, process count, prompts, teacher
+files) is discarded.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from .data.seq2seq import collate_prompts, read_meta
 from .engine.distributed import device_for, init_distributed
 from .engine.gathering import parameters_held, shard_for_inference
 from .evaluation import parse_answer, read_inference_config
+from .faults import kill_point
 from .folders import replace_folder
 from .models import IGNORE_INDEX, adapter_for, check_tokenizer_matches, load_model, load_tokenizer
 
@@ -83,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
                    help="auto: the --deepspeed-config file's precision; without one bf16 on a GPU that has it, "
                    "else fp32")
-    p.add_argument("--seed", type=int, default=42, help="sampling seed; process k uses seed + k")
+    p.add_argument("--seed", type=int, default=42,
+                   help="sampling seed; batch b of process k draws from a seed derived from (seed, k, b)")
     p.add_argument("--deepspeed-config", default=None,
                    help="a DeepSpeed JSON (configs/deepspeed/); ZeRO stage 3 shards the teacher over the processes "
                    "(ZeRO-3 inference); default: none, each process holds the whole teacher")
@@ -143,13 +152,82 @@ def load_prompts(data_dir: Path, rounds, split: str) -> list[tuple[dict, np.ndar
     return items
 
 
+def file_stamps(folder: Path) -> dict:
+    """Name -> [size, modification time in ns] of the files directly in ``folder`` ({} when it is not a local
+    folder: a hub name), so that a record is not resumed over a teacher or data folder written since."""
+    if not folder.is_dir():
+        return {}
+    return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(folder.iterdir()) if f.is_file()}
+
+
+class BatchRecord:
+    """This process's finished ``generate`` batches on disk, so that a killed generation resumes where it stopped:
+    ``FOLDER/rank{k}/settings.json`` (what the outputs depend on) and ``{b:06d}.json`` per finished batch b (its
+    kept outputs), each written under a temporary name and renamed (the rename is the completion record). A record
+    with other settings is discarded. :meth:`agree` sets ``resume_from``, the batches every process has finished
+    (ZeRO-3 processes must make the same ``generate`` calls, so they go on from the same batch)."""
+
+    def __init__(self, folder: Path, rank: int, settings: dict):
+        self.root, self.folder, self.rank = folder, folder / f"rank{rank}", rank
+        settings = json.loads(json.dumps(settings))  # as read back from disk (lists, string keys)
+        saved_path = self.folder / "settings.json"
+        saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
+        self.discarded = saved is not None and saved != settings
+        if saved != settings:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder.mkdir(parents=True)
+            self._write(saved_path, settings)
+        self.seed = settings["seed"]
+        self.finished = 0
+        while self._path(self.finished).is_file():
+            self.finished += 1
+        self.resume_from = self.finished
+
+    def _path(self, batch: int) -> Path:
+        return self.folder / f"{batch:06d}.json"
+
+    @staticmethod
+    def _write(path: Path, obj) -> None:
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(obj))
+        os.replace(temporary, path)
+
+    def agree(self, device) -> None:
+        """``resume_from``: the fewest batches any process has finished (a collective)."""
+        if dist.get_world_size() > 1:
+            finished = torch.tensor([self.finished], device=device)
+            dist.all_reduce(finished, op=dist.ReduceOp.MIN)
+            self.resume_from = int(finished)
+
+    def outputs(self, batch: int) -> dict | None:
+        """Batch ``batch``'s recorded outputs, or None when it is to be generated."""
+        if batch >= self.resume_from:
+            return None
+        return {int(i): samples for i, samples in json.loads(self._path(batch).read_text()).items()}
+
+    def record(self, batch: int, outputs: dict) -> None:
+        self._write(self._path(batch), outputs)
+
+    def batch_seed(self, batch: int) -> int:
+        return int(np.random.default_rng([self.seed, self.rank, batch]).integers(2**62))
+
+    def remove(self) -> None:
+        """Drop this process's record once the output is written (and the common folder with the last one)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        try:
+            self.root.rmdir()
+        except OSError:  # another process's record is still there; it removes the folder
+            pass
+
+
 def generate_share(model, adapter, prompts: list[np.ndarray], indices: list[int], args, device, progress,
-                   padding: int = 0, synced_gpus: bool = False) -> dict:
+                   padding: int = 0, synced_gpus: bool = False, record: BatchRecord | None = None) -> dict:
     """Generated ids (lists, -100 padding dropped) of ``prompts[i]`` for ``i`` in ``indices``: ``{i: [ids per
     sample]}``. Longest prompts first, so that batches hold similar lengths and memory peaks at the start.
     ``padding`` more prompts (repeats of ``indices[0]``, or of prompt 0) are generated and not kept, so that shares
     of unequal size make the same calls; ``synced_gpus`` goes to ``generate`` (ZeRO-3: every process decodes as
-    long as the longest)."""
+    long as the longest). With a ``record``, its finished batches are taken as recorded, every other batch is
+    sampled after reseeding from (seed, process, batch) and recorded."""
     filler = indices[0] if indices else 0
     order = sorted([(i, True) for i in indices] + [(filler, False)] * padding, key=lambda item: -len(prompts[item[0]]))
     decoding = dict(do_sample=False) if args.decoding == "greedy" else dict(
@@ -158,15 +236,23 @@ def generate_share(model, adapter, prompts: list[np.ndarray], indices: list[int]
     if synced_gpus:
         decoding["synced_gpus"] = True
     outputs = {}
-    for start in range(0, len(order), args.batch_size):
+    for number, start in enumerate(range(0, len(order), args.batch_size)):
         batch = order[start:start + args.batch_size]
-        encoder_side = collate_prompts([prompts[i] for i, _ in batch], adapter.pad_token_id)
-        targets = adapter.generate(model, encoder_side["input_ids"].to(device),
-                                   encoder_side["attention_mask"].to(device), args.max_new_tokens, **decoding).cpu()
-        targets = targets.view(len(batch), args.num_samples, -1)
-        for row, (i, kept) in enumerate(batch):
-            if kept:
-                outputs[i] = [[int(t) for t in sample if t != IGNORE_INDEX] for sample in targets[row]]
+        recorded = record.outputs(number) if record is not None else None
+        if recorded is None:
+            if record is not None:
+                torch.manual_seed(record.batch_seed(number))
+            encoder_side = collate_prompts([prompts[i] for i, _ in batch], adapter.pad_token_id)
+            targets = adapter.generate(model, encoder_side["input_ids"].to(device),
+                                       encoder_side["attention_mask"].to(device), args.max_new_tokens,
+                                       **decoding).cpu()
+            targets = targets.view(len(batch), args.num_samples, -1)
+            recorded = {i: [[int(t) for t in sample if t != IGNORE_INDEX] for sample in targets[row]]
+                        for row, (i, kept) in enumerate(batch) if kept}
+            if record is not None:
+                record.record(number, recorded)
+                kill_point("seqkd")
+        outputs.update(recorded)
         progress.update(sum(kept for _, kept in batch))
     return outputs
 
@@ -231,7 +317,6 @@ def main(argv=None) -> int:
     quiet_libraries()  # before deepspeed is imported (init_distributed) and the teacher is loaded
     rank, world_size, local_rank = init_distributed()
     device = device_for(local_rank)
-    torch.manual_seed(args.seed + rank)
     try:
         data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
         if out_dir.exists() and not out_dir.is_dir():
@@ -285,6 +370,16 @@ def main(argv=None) -> int:
         print(f"generate_seqkd: {len(items)} prompts ({' '.join(rounds)}/{args.split}) over {world_size} "
               f"process(es), {args.decoding}, {args.num_samples} output(s) each, {dtype}, teacher {args.model_path}",
               flush=True)
+    record = BatchRecord(out_dir.parent / f".{out_dir.name}.batches", rank,
+                         {**vars(args), "processes": world_size, "prompts": len(items),
+                          "teacher_files": file_stamps(Path(args.model_path)),
+                          "data_files": file_stamps(data_dir)})
+    record.agree(device)
+    if record.discarded:
+        print(f"generate_seqkd: {record.folder} held batches made with other settings; discarded", flush=True)
+    if rank == 0 and record.resume_from:
+        print(f"generate_seqkd: resuming: the first {record.resume_from} batches of each process are recorded in "
+              f"{record.root}", flush=True)
     started = time.perf_counter()
     status = 0
     if rank == 0 and sharding is not None:
@@ -293,7 +388,7 @@ def main(argv=None) -> int:
               flush=True)
     with progress(len(mine), "generate (process 0)", enabled=rank == 0, unit="prompts") as report:
         outputs = generate_share(model, adapter, [p for _, p in items], mine, args, device, report,
-                                 padding=padding, synced_gpus=sharded and world_size > 1)
+                                 padding=padding, synced_gpus=sharded and world_size > 1, record=record)
     gathered = [None] * world_size
     if world_size > 1:
         dist.all_gather_object(gathered, outputs)
@@ -327,8 +422,12 @@ def main(argv=None) -> int:
                 f"{100.0 * meta['agree_with_gold'] / meta['outputs']:.1f}%")
             print(f"generate_seqkd: {meta['outputs']} outputs in {seconds:.1f}s ({len(items) / seconds:.1f} "
                   f"prompts/s); {meta['unfinished']} without EOS{answers} -> {out_dir}", flush=True)
-    if world_size > 1:
-        dist.barrier()  # every rank waits for rank 0's writing, failed or not
+    if world_size > 1:  # every rank waits for rank 0's writing, failed or not, and learns how it went
+        written = [status]
+        dist.broadcast_object_list(written, src=0)
+        status = written[0]
+    if status == 0:
+        record.remove()
     dist.destroy_process_group()  # before the interpreter exits, not in the exit-time destructors
     return status
 

@@ -252,3 +252,39 @@ def test_the_minillm_lm_term_reads_the_data_evaluated_on_unless_turned_off(recip
     assert default[default.index("--lm-data-dir") + 1] == str(tmp_path / "processed_data" / "anli" / "flan-label")
     off = command(LM_DATA_DIR="")
     assert "--lm-data-dir" not in off and "--lm-coef" not in off
+
+
+def test_rollout_collection_reports_its_sampling_batches(monkeypatch, capsys):
+    """RolloutBatches counts each sampling batch as the objective takes the next one (a stand-in objective that
+    samples nothing: the counting is the source's)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import minillm.objectives.minillm.batches as rollout_batches
+
+    class Prompts(list):
+        round_name = "r1"
+
+    seen = []
+
+    def collect(model, batches, generator, all_reduce_sum, all_done):
+        for batch in batches:
+            seen.append((len(batch["input_ids"]), capsys.readouterr().err.count("\n")))  # lines since the last
+        return {}, {"sequences": 8.0, "tokens": 24.0}
+
+    objective = SimpleNamespace(collect=collect, micro_batch=lambda store, rows, reduce: {},
+                                adapter=SimpleNamespace(pad_token_id=0))
+    processes = SimpleNamespace(rank=0, world_size=1, device=torch.device("cpu"),
+                                sampling=SimpleNamespace(gathered=contextlib.nullcontext, all_done=None))
+    config = SimpleNamespace(num_rollouts=8, batch_size=2, grad_acc=1, ppo_epochs=1, chunk_size=2, seed=1)
+    prompts = Prompts(np.arange(1, 4, dtype=np.int64) for _ in range(8))
+    monkeypatch.setattr(rollout_batches, "ROLLOUT_PROGRESS_DELAY", 0.0)
+    source = rollout_batches.RolloutBatches(objective, None, prompts, None, config, processes)
+    capsys.readouterr()
+    source.micro_batches(0)
+    # 8 prompts in sampling batches of 2: batch k is counted when the objective asks for batch k + 1, the last at
+    # the end, with a line each (every max(1, 4 // 5) = 1)
+    assert seen == [(2, 0), (2, 1), (2, 1), (2, 1)]
+    assert [line.split(" batches")[0] for line in capsys.readouterr().err.splitlines()] == ["rollouts 0: 4/4"]

@@ -7,6 +7,9 @@
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # The script that sourced this file, as an absolute path (before it can cd): warn_unknown_settings reads it.
 _calling_script="$(cd "$(dirname "${BASH_SOURCE[-1]}")" && pwd)/$(basename "${BASH_SOURCE[-1]}")"
+# Every script of the chain that led here (run_default.sh -> a recipe): a setting an outer script reads and passes on
+# through the environment is not "ignored" by the inner one.
+export MINILLM_OUTER_SCRIPTS="${MINILLM_OUTER_SCRIPTS:+$MINILLM_OUTER_SCRIPTS:}$_calling_script"
 
 # Use the repository's .venv unless the caller runs inside an environment of its own (USE_ACTIVE_ENV=1).
 if [[ "${USE_ACTIVE_ENV:-0}" != "1" && -z "${VIRTUAL_ENV:-}" && -x "$REPO/.venv/bin/python" ]]; then
@@ -93,7 +96,8 @@ system_prefixes = ("LC_", "CUDA_", "NCCL_", "NVIDIA_", "OMP_", "MKL_", "KMP_", "
                    "TRANSFORMERS_", "TORCH", "WANDB_", "SLURM_", "PBS_", "SSH_", "XDG_", "GIT_", "SSL_", "TERM_",
                    "PYENV", "VIRTUAL_ENV", "LD_", "DBUS_", "TMUX", "BASH_", "HIST", "NODE_", "NPM_", "CARGO",
                    "RUST", "AWS_", "GOOGLE_", "GCP_", "AZURE_", "KUBERNETES_", "DOCKER_")
-own = names(script) | names(common)
+own = names(common).union(*(names(path) for path in os.environ.get("MINILLM_OUTER_SCRIPTS", script).split(":")
+                             if os.path.isfile(path)))
 others = {}
 for folder in ("scripts", "t5-scripts"):
     for path in sorted(Path(repo, folder).rglob("*.sh")):

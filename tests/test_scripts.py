@@ -236,6 +236,22 @@ def test_a_misspelt_setting_is_reported_with_the_nearest_name(tmp_path):
     assert "WARNING" not in clean.stderr and "--max-steps 5" in clean.stdout
 
 
+def test_a_setting_of_the_calling_script_is_not_reported_by_the_recipe_it_calls(tmp_path):
+    # run_default.sh exports its own settings (TRAIN_ROUND, SEED, ...) and calls recipes that do not read them.
+    outer = tmp_path / "outer.sh"
+    outer.write_text(f'source "{REPO}/t5-scripts/common.sh"\nexport TRAIN_ROUND="${{TRAIN_ROUND:-r1}}"\n'
+                     f'bash "{REPO}/t5-scripts/kd/kd_small.sh" "$1"\n')
+    base = tmp_path / "base"
+    base.mkdir()
+    clean = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "VIRTUAL_ENV") if name in os.environ}
+    env = {**clean, "DRY_RUN": "1", "PRECISION": "bf16", "MASTER_PORT": "29500", "MAX_STEP": "5"}
+    result = subprocess.run(["bash", str(outer), str(base)], cwd=base, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "MAX_STEP is not a setting of kd_small.sh" in warnings[0], result.stderr
+
+
 def test_more_processes_than_cores_warns(tmp_path):
     cores = int(subprocess.run(["env", "-u", "OMP_NUM_THREADS", "-u", "OMP_THREAD_LIMIT", "nproc"],
                                capture_output=True, text=True).stdout)

@@ -1,7 +1,12 @@
-"""Tiny models and configurations shared by the MiniLLM tests: Flan-T5's family and the decoder-only ones
-(GPT-2, OPT, LLaMA), with each family's special ids."""
+"""What the tests share: tiny models and configurations (Flan-T5's family and the decoder-only ones: GPT-2, OPT,
+LLaMA, with each family's special ids), a stand-in for DeepSpeed's engine, and running the recipe scripts and
+command lines the way a user does (environment, exit status, JSON-lines output)."""
 
+import json
 import math
+import os
+import subprocess
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -14,6 +19,7 @@ from minillm.models import ModelAdapter
 from minillm.models import adapter_for as family_adapter_for
 from minillm.models.tiny import CAUSAL_SPECIAL_TOKENS
 
+REPO = Path(__file__).resolve().parents[1]
 PAD, EOS = 0, 1
 
 FAMILIES = ("t5", "gpt2", "opt", "llama")
@@ -133,3 +139,61 @@ def hand_keep(scaled_logits: torch.Tensor, top_k: int, top_p: float) -> torch.Te
 def adapter_for(model) -> ModelAdapter:
     """The adapter the engine picks for ``model`` (from its config; special ids from the config too)."""
     return family_adapter_for(model)
+
+
+class Engine(torch.nn.Module):
+    """A DeepSpeed engine as the adapter and the sampler see it: calls (forward) reach the model, its attributes
+    (``get_encoder``, ``config``) do not."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.module = model
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+def script_env(defaults: dict | None = None, /, **overrides) -> dict[str, str]:
+    """This process's environment, then ``defaults``, then ``overrides``, every value as a string: what a recipe
+    script or a command line started by a test runs with."""
+    merged = {**(defaults or {}), **overrides}
+    return dict(os.environ, **{key: str(value) for key, value in merged.items()})
+
+
+def assert_ok(done: subprocess.CompletedProcess) -> None:
+    """``done`` exited with status 0; a failure shows the end of what it printed."""
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def run_t5_script(script: str, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """``bash t5-scripts/<script> <repository>`` (BASE the repository) with ``env``, its output captured; the exit
+    status is the caller's to check."""
+    return subprocess.run(["bash", str(REPO / "t5-scripts" / script), str(REPO)], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def run_ok(command: list[str], timeout: int = 300, **env_overrides) -> subprocess.CompletedProcess:
+    """``command`` run from the repository root with :func:`script_env`'s environment; it must exit with status 0."""
+    done = subprocess.run(command, cwd=REPO, env=script_env(**env_overrides), capture_output=True, text=True,
+                          timeout=timeout)
+    assert_ok(done)
+    return done
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file, one a line."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def write_dolly_sample(folder: Path, rows: int) -> tuple[Path, list[str]]:
+    """The offline Dolly sample (tools/make_dolly_sample.py) of ``rows`` rows as ``folder``/sample.jsonl, and a
+    tokenizer corpus of its text: the alpaca template with and without an input, and every field of every row."""
+    from minillm.data.templates import get_instruction_template
+    from tools import make_dolly_sample
+
+    path = Path(folder) / "sample.jsonl"
+    make_dolly_sample.main(["--out", str(path), "--rows", str(rows)])
+    template = get_instruction_template("alpaca")
+    corpus = [template.prompt("x", "y"), template.prompt("x", "")]
+    corpus += [" ".join(row.values()) for row in read_jsonl(path)]
+    return path, corpus

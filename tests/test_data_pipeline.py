@@ -16,6 +16,7 @@ from minillm.data.indexed_dataset import (IndexedDataset, ShardedIndexedDataset,
                                           write_indexed_dataset)
 from minillm.data.process import build_shards, build_text
 from minillm.data.templates import TEMPLATES
+from minillm_helpers import read_jsonl
 
 ROUND_SIZES = {"r1": 1000, "r2": 1000, "r3": 1200}
 SEP = 65535
@@ -48,12 +49,8 @@ def tokenizer(flan_t5_tokenizer_dir):
     return AutoTokenizer.from_pretrained(flan_t5_tokenizer_dir)
 
 
-def read_jsonl(path):
-    return [json.loads(line) for line in open(path, encoding="utf-8")]
-
-
 def read_mmidx_independently(prefix):
-    """A reader written from the documented byte layout alone (minillm-method.md section 2.4)."""
+    """A reader written from the documented byte layout alone (docs/data.md, the .bin/.idx byte layout)."""
     raw = Path(f"{prefix}.idx").read_bytes()
     assert raw[:9] == b"MMIDIDX\x00\x00"
     version, code, count, doc_count = struct.unpack_from("<QBQQ", raw, 9)

@@ -15,9 +15,7 @@ GPT-2 pads with its EOS (nothing banned); OPT has a ``<pad>`` of its own; LLaMA'
 
 import json
 import math
-import os
 import shutil
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,11 +23,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from minillm.data.templates import get_instruction_template
 from minillm.engine.config import TrainConfig
 from minillm.models.tiny import build_causal_model, model_vocab_size, save_checkpoint, train_causal_tokenizer
 from minillm.objectives.minillm.objective import lm_examples, lm_round
-from tools import make_dolly_sample, process_data_dolly, process_data_pretrain
+from minillm_helpers import read_jsonl, run_ok, write_dolly_sample
+from tools import process_data_dolly, process_data_pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS, DEV_NUM, TEST_NUM = 60, 8, 4
@@ -44,26 +42,10 @@ MINILLM = dict(MAX_STEPS=2, NUM_ROLLOUTS=4, CHUNK_SIZE=2, PPO_EPOCHS=1, MAX_NEW_
                EVAL_INTERVAL=2, SAVE_INTERVAL=2, LR=1e-3)
 
 
-def run(command: list[str], **env_overrides) -> subprocess.CompletedProcess:
-    env = dict(os.environ, **{k: str(v) for k, v in env_overrides.items()})
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
 @pytest.fixture(scope="module")
 def dolly_sample(tmp_path_factory) -> tuple[Path, list[str]]:
     """The offline sample file and a corpus of its text (the template's and every field of every row)."""
-    path = tmp_path_factory.mktemp("dolly_raw") / "sample.jsonl"
-    make_dolly_sample.main(["--out", str(path), "--rows", str(ROWS)])
-    template = get_instruction_template("alpaca")
-    corpus = [template.prompt("x", "y"), template.prompt("x", "")]
-    corpus += [" ".join(row.values()) for row in read_jsonl(path)]
-    return path, corpus
+    return write_dolly_sample(tmp_path_factory.mktemp("dolly_raw"), ROWS)
 
 
 def build_family(family: str, work: Path, dolly_sample) -> dict:
@@ -98,7 +80,7 @@ def gpt2_sft(gpt2) -> tuple[Path, str]:
     """SFT of the GPT-2 student (scripts/gpt2/sft/sft_base.sh), 3 steps: its folder, where MiniLLM starts from
     best_loss/, and what it printed."""
     save_dir = gpt2["work"] / "results" / "sft"
-    done = run(["bash", "scripts/gpt2/sft/sft_base.sh", str(gpt2["work"])], **COMMON, CKPT=gpt2["student"],
+    done = run_ok(["bash", "scripts/gpt2/sft/sft_base.sh", str(gpt2["work"])], **COMMON, CKPT=gpt2["student"],
                DATA_DIR=gpt2["data"], SAVE_DIR=save_dir, MAX_STEPS=3, LR=1e-3)
     return save_dir, done.stdout
 
@@ -148,7 +130,7 @@ def test_selecting_by_accuracy_on_dolly_is_refused(gpt2, tmp_path):
 
 def test_gpt2_kd(gpt2):
     save_dir = gpt2["work"] / "results" / "kd"
-    run(["bash", "scripts/gpt2/kd/kd_base.sh", str(gpt2["work"])], **COMMON, CKPT=gpt2["student"],
+    run_ok(["bash", "scripts/gpt2/kd/kd_base.sh", str(gpt2["work"])], **COMMON, CKPT=gpt2["student"],
         TEACHER_CKPT=gpt2["teacher"], DATA_DIR=gpt2["data"], SAVE_DIR=save_dir, MAX_STEPS=2)
     for record in train_records(save_dir, 2):  # (1 - r) CE + r KL(p || q), r = 0.5
         assert record["kd"] > 0 and record["ce"] > 0
@@ -174,7 +156,7 @@ def test_gpt2_minillm_with_the_lm_term(gpt2, gpt2_sft):
     """From the SFT student's best_loss/, as MiniLLM prescribes; the LM term on the corpus folder (round pretrain,
     while the run's --train-round is dolly)."""
     save_dir = gpt2["work"] / "results" / "minillm"
-    run(["bash", "scripts/gpt2/minillm/train_base_xl.sh", str(gpt2["work"])], **COMMON, **MINILLM,
+    run_ok(["bash", "scripts/gpt2/minillm/train_base_xl.sh", str(gpt2["work"])], **COMMON, **MINILLM,
         CKPT=gpt2_sft[0] / "best_loss", TEACHER_CKPT=gpt2["teacher"], PROMPT_DATA_DIR=gpt2["data"],
         DATA_DIR=gpt2["data"], LM_DATA_DIR=gpt2["lm_data"], SAVE_DIR=save_dir)
     assert_minillm_run(save_dir, gpt2_sft[0] / "best_loss", 2)
@@ -211,11 +193,11 @@ def test_gpt2_seqkd_on_the_teachers_answers(gpt2):
     work = gpt2["work"]
     paths = dict(TEACHER_CKPT=gpt2["teacher"], DATA_DIR=gpt2["data"], GEN_DIR=work / "seqkd_gen",
                  OUT_DIR=work / "processed_data" / "dolly" / "seqkd")
-    run(["bash", "scripts/gpt2/tools/generate_data_seqkd.sh", str(work), "1"], BATCH_SIZE=16, OMP_NUM_THREADS=1,
+    run_ok(["bash", "scripts/gpt2/tools/generate_data_seqkd.sh", str(work), "1"], BATCH_SIZE=16, OMP_NUM_THREADS=1,
         EXTRA_ARGS="--max-new-tokens 8", **paths)
-    run(["bash", "scripts/gpt2/tools/process_pseudo_data_seqkd.sh", str(work)], **paths)
+    run_ok(["bash", "scripts/gpt2/tools/process_pseudo_data_seqkd.sh", str(work)], **paths)
     save_dir = work / "results" / "seqkd"
-    run(["bash", "scripts/gpt2/seqkd/seqkd_base.sh", str(work)], **COMMON, CKPT=gpt2["student"],
+    run_ok(["bash", "scripts/gpt2/seqkd/seqkd_base.sh", str(work)], **COMMON, CKPT=gpt2["student"],
         TEACHER_CKPT=gpt2["teacher"], DATA_DIR=paths["OUT_DIR"], SAVE_DIR=save_dir, MAX_STEPS=2)
     assert all(r["loss"] > 0 and "kd" not in r for r in train_records(save_dir, 2))  # KD_RATIO 0: pure SFT
     assert_trained_checkpoint(save_dir / "last", gpt2["student"])
@@ -224,7 +206,7 @@ def test_gpt2_seqkd_on_the_teachers_answers(gpt2):
 def test_opt_sft(tmp_path_factory, dolly_sample):
     opt = build_family("opt", tmp_path_factory.mktemp("opt"), dolly_sample)
     save_dir = opt["work"] / "results" / "sft"
-    run(["bash", "scripts/opt/sft/sft_1.3B.sh", str(opt["work"])], **COMMON, CKPT=opt["student"],
+    run_ok(["bash", "scripts/opt/sft/sft_1.3B.sh", str(opt["work"])], **COMMON, CKPT=opt["student"],
         DATA_DIR=opt["data"], SAVE_DIR=save_dir, MAX_STEPS=2, LR=1e-3)
     train_records(save_dir, 2)
     assert_trained_checkpoint(save_dir / "best_loss", opt["student"])
@@ -236,7 +218,7 @@ def test_llama_minillm_without_a_pad_token(tmp_path_factory, dolly_sample):
     llama = build_family("llama", tmp_path_factory.mktemp("llama"), dolly_sample)
     assert json.loads((llama["data"] / "meta.json").read_text())["pad_token_id"] is None
     save_dir = llama["work"] / "results" / "minillm"
-    run(["bash", "scripts/llama/minillm/train_7B_13B.sh", str(llama["work"])], **COMMON, **MINILLM,
+    run_ok(["bash", "scripts/llama/minillm/train_7B_13B.sh", str(llama["work"])], **COMMON, **MINILLM,
         CKPT=llama["student"], TEACHER_CKPT=llama["teacher"], PROMPT_DATA_DIR=llama["data"], DATA_DIR=llama["data"],
         LM_DATA_DIR=llama["lm_data"], SAVE_DIR=save_dir)
     assert_minillm_run(save_dir, llama["student"], 2)

@@ -12,7 +12,6 @@ Chance is 33.3 %; a model that only knows the label shares scores at most the ma
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 
 from minillm.data.indexed_dataset import ShardedIndexedDataset, split_prompt_target
 from minillm.data.seq2seq import Seq2SeqExamples
+from minillm_helpers import assert_ok, read_jsonl, run_t5_script, script_env
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "deepspeed"
@@ -32,16 +32,14 @@ ABOVE_CHANCE = 40.0
 
 
 def run(script: str, timeout: int = 600, **env_overrides) -> subprocess.CompletedProcess:
-    env = dict(os.environ, NUM_GPUS="1", GRAD_ACC="1", EPOCHS="1", DS_CONFIG=str(CONFIGS / "zero0_fp32.json"))
-    env.update({k: str(v) for k, v in env_overrides.items()})
-    done = subprocess.run(["bash", str(REPO / "t5-scripts" / script), str(REPO)], env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    env = script_env(dict(NUM_GPUS=1, GRAD_ACC=1, EPOCHS=1, DS_CONFIG=CONFIGS / "zero0_fp32.json"), **env_overrides)
+    done = run_t5_script(script, env, timeout=timeout)
+    assert_ok(done)
     return done
 
 
 def dev_evals(run_dir: Path) -> list[dict]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_jsonl(run_dir / "metrics.jsonl")
     return [r for r in records if r.get("split") == "dev"]
 
 

@@ -18,6 +18,7 @@ from minillm.data.process import build_shards, build_text
 from minillm.data.seq2seq import Seq2SeqExamples
 from minillm.data.templates import ANSWER_CUE, get_instruction_template, get_template
 from minillm.models.tiny import train_causal_tokenizer
+from minillm_helpers import read_jsonl
 
 SEP = 65535
 SPLITS = ("train", "dev", "test")
@@ -61,10 +62,6 @@ def process(raw_file, out_dir, tokenizer_dir, max_prompt_length=256, model_type=
     build_dolly_text(raw_file, out_dir, dev_num=text_kwargs.pop("dev_num", DEV_NUM),
                      test_num=text_kwargs.pop("test_num", TEST_NUM), **text_kwargs)
     return build_dolly_shards(out_dir, str(tokenizer_dir), max_prompt_length=max_prompt_length, model_type=model_type)
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in open(path, encoding="utf-8")]
 
 
 def test_template_is_minillms_with_and_without_input():

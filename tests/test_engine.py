@@ -26,6 +26,7 @@ from minillm.engine.distributed import free_port
 from minillm.engine.run_log import RunLog
 from minillm.engine.trainer import improves, lr_factor, selections
 from minillm.evaluation import evaluate
+from minillm_helpers import assert_ok, run_t5_script, script_env
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "deepspeed"
@@ -35,21 +36,14 @@ ADAM_AS_SGD = dict(LR=1.0, EXTRA_ARGS="--eval-max-examples 20 --no-eval-generate
 
 def sft_env(setup, save_dir, **overrides) -> dict:
     """Environment for t5-scripts/sft/*.sh: the tiny student on the tiny data, a few steps, cheap evaluation."""
-    env = dict(os.environ, CKPT=str(setup["models"] / "tiny-student"), DATA_DIR=str(setup["data_dir"]),
-               SAVE_DIR=str(save_dir), NUM_GPUS="1", BATCH_SIZE="8", GRAD_ACC="1", LR="1e-3", EPOCHS="1",
-               MAX_STEPS="6", EVAL_INTERVAL="6", WARMUP_STEPS="2", DS_CONFIG=str(CONFIGS / "zero0_fp32.json"),
-               EXTRA_ARGS="--eval-max-examples 20 --no-eval-generate --log-interval 1")
-    env.update({k: str(v) for k, v in overrides.items()})
-    return env
+    return script_env(dict(CKPT=setup["models"] / "tiny-student", DATA_DIR=setup["data_dir"], SAVE_DIR=save_dir,
+                           NUM_GPUS=1, BATCH_SIZE=8, GRAD_ACC=1, LR="1e-3", EPOCHS=1, MAX_STEPS=6, EVAL_INTERVAL=6,
+                           WARMUP_STEPS=2, DS_CONFIG=CONFIGS / "zero0_fp32.json",
+                           EXTRA_ARGS="--eval-max-examples 20 --no-eval-generate --log-interval 1"), **overrides)
 
 
 def run_sft(setup, save_dir, script="sft_small.sh", timeout=300, **overrides) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(REPO / "t5-scripts" / "sft" / script), str(REPO)],
-                          env=sft_env(setup, save_dir, **overrides), capture_output=True, text=True, timeout=timeout)
-
-
-def assert_ok(done: subprocess.CompletedProcess) -> None:
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return run_t5_script(f"sft/{script}", sft_env(setup, save_dir, **overrides), timeout=timeout)
 
 
 def weights(folder: Path) -> dict:
@@ -307,6 +301,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(tiny_setup, tmp_p
     # refused in one line by one that also keeps best_loss/.
     legacy = {k: v for k, v in state.items() if k != "selections"}
     (killed / "last" / "trainer_state.json").write_text(json.dumps(legacy))
+    from minillm.folders import write_manifest
+
+    write_manifest(killed / "last")  # edited by hand: recorded again, or --resume would skip it as corrupted
     old_style = run_sft(tiny_setup, killed, script="sft_xl.sh", **settings)
     assert_ok(old_style)
     assert "is already at step 40 of 40; nothing to train" in old_style.stdout + old_style.stderr

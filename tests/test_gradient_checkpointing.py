@@ -26,14 +26,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from minillm.data.templates import get_instruction_template
 from minillm.engine.trainer import enable_gradient_checkpointing
 from minillm.models import adapter_for, load_model
 from minillm.models.tiny import build_causal_model, build_model, model_vocab_size, save_checkpoint, train_tokenizer
 from minillm.objectives.minillm import MiniLLMObjective
 from minillm.objectives.sft import SFTObjective
-from minillm_helpers import minillm_config
-from tools import make_dolly_sample, process_data_dolly
+from minillm_helpers import minillm_config, write_dolly_sample
+from tools import process_data_dolly
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 64
@@ -183,11 +182,7 @@ def dolly_t5(tmp_path_factory) -> Path:
     """A tokenizer trained on the offline Dolly sample, a tiny T5 student and teacher with it, and the sample
     processed for T5 (32 train and 4 dev pairs): built in-process in about a second."""
     work = tmp_path_factory.mktemp("gc_dolly")
-    raw = work / "sample.jsonl"
-    make_dolly_sample.main(["--out", str(raw), "--rows", "40"])
-    template = get_instruction_template("alpaca")
-    corpus = [template.prompt("x", "y"), template.prompt("x", "")]
-    corpus += [" ".join(json.loads(line).values()) for line in raw.read_text().splitlines()]
+    raw, corpus = write_dolly_sample(work, 40)
     tokenizer = train_tokenizer(corpus, work / "tokenizer", vocab_size=300)
     for role, preset, seed in (("student", "tiny-student", 1), ("teacher", "tiny-teacher", 2)):
         save_checkpoint(build_model(preset, model_vocab_size(tokenizer), seed=seed), tokenizer, work / role)

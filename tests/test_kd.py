@@ -18,6 +18,7 @@ from minillm.data.seq2seq import collate
 from minillm.models import Seq2SeqAdapter
 from minillm.models.tiny import build_model
 from minillm.objectives import build_objective
+from minillm_helpers import assert_ok, run_t5_script, script_env
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "deepspeed"
@@ -66,18 +67,13 @@ def test_loss_mixes_cross_entropy_and_divergence(tiny_setup):
 
 
 def run_script(script: str, setup, save_dir, **overrides) -> subprocess.CompletedProcess:
-    env = dict(os.environ, CKPT=str(setup["models"] / "tiny-student"), DATA_DIR=str(setup["data_dir"]),
-               SAVE_DIR=str(save_dir), NUM_GPUS="1", BATCH_SIZE="8", GRAD_ACC="1", LR="1e-3", EPOCHS="1",
-               MAX_STEPS="6", EVAL_INTERVAL="6", WARMUP_STEPS="2", DS_CONFIG=str(CONFIGS / "zero0_fp32.json"),
-               TEACHER_CKPT=str(setup["models"] / "tiny-teacher"),
-               EXTRA_ARGS="--eval-max-examples 20 --no-eval-generate --log-interval 1 --dropout 0")
-    env.update({k: str(v) for k, v in overrides.items()})
-    return subprocess.run(["bash", str(REPO / "t5-scripts" / script), str(REPO)], env=env, capture_output=True,
-                          text=True, timeout=300)
-
-
-def assert_ok(done: subprocess.CompletedProcess) -> None:
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    env = script_env(dict(CKPT=setup["models"] / "tiny-student", DATA_DIR=setup["data_dir"], SAVE_DIR=save_dir,
+                          NUM_GPUS=1, BATCH_SIZE=8, GRAD_ACC=1, LR="1e-3", EPOCHS=1, MAX_STEPS=6, EVAL_INTERVAL=6,
+                          WARMUP_STEPS=2, DS_CONFIG=CONFIGS / "zero0_fp32.json",
+                          TEACHER_CKPT=setup["models"] / "tiny-teacher",
+                          EXTRA_ARGS="--eval-max-examples 20 --no-eval-generate --log-interval 1 --dropout 0"),
+                     **overrides)
+    return run_t5_script(script, env)
 
 
 def test_kd_ratio_zero_equals_sft_step_for_step(tiny_setup, tmp_path):

@@ -9,30 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from minillm_helpers import assert_ok, read_jsonl, run_t5_script, script_env
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "deepspeed"
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def run_minillm(script: str, setup, save_dir, **overrides) -> subprocess.CompletedProcess:
     data = setup["data_dir"]
-    env = dict(os.environ, CKPT=str(setup["models"] / "tiny-student"),
-               TEACHER_CKPT=str(setup["models"] / "tiny-teacher"),
-               DATA_DIR=str(data), PROMPT_DATA_DIR=str(data), LM_DATA_DIR=str(data), SAVE_DIR=str(save_dir),
-               NUM_GPUS="1", BATCH_SIZE="4", GRAD_ACC="1", NUM_ROLLOUTS="16", CHUNK_SIZE="8", PPO_EPOCHS="2",
-               MAX_STEPS="8", EVAL_INTERVAL="4", LR="1e-4", WARMUP_STEPS="1", MAX_NEW_TOKENS="6",
-               DS_CONFIG=str(CONFIGS / "zero0_fp32.json"),
-               EXTRA_ARGS="--eval-max-examples 10 --no-eval-generate --log-interval 1")
-    env.update({k: str(v) for k, v in overrides.items()})
-    return subprocess.run(["bash", str(REPO / "t5-scripts" / "minillm" / script), str(REPO)], env=env,
-                          capture_output=True, text=True, timeout=400)
-
-
-def assert_ok(done: subprocess.CompletedProcess) -> None:
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    env = script_env(dict(CKPT=setup["models"] / "tiny-student", TEACHER_CKPT=setup["models"] / "tiny-teacher",
+                          DATA_DIR=data, PROMPT_DATA_DIR=data, LM_DATA_DIR=data, SAVE_DIR=save_dir,
+                          NUM_GPUS=1, BATCH_SIZE=4, GRAD_ACC=1, NUM_ROLLOUTS=16, CHUNK_SIZE=8, PPO_EPOCHS=2,
+                          MAX_STEPS=8, EVAL_INTERVAL=4, LR="1e-4", WARMUP_STEPS=1, MAX_NEW_TOKENS=6,
+                          DS_CONFIG=CONFIGS / "zero0_fp32.json",
+                          EXTRA_ARGS="--eval-max-examples 10 --no-eval-generate --log-interval 1"), **overrides)
+    return run_t5_script(f"minillm/{script}", env, timeout=400)
 
 
 def test_two_processes_zero3_collect_train_and_log(tiny_setup, tmp_path):

@@ -11,7 +11,7 @@ from minillm.data.seq2seq import pad_right
 from minillm.models import ModelAdapter, Seq2SeqAdapter, adapter_for, load_model
 from minillm.models.base import IGNORE_INDEX, unwrap
 from minillm.models.tiny import build_model
-from minillm_helpers import EOS, PAD, tiny_t5
+from minillm_helpers import EOS, PAD, Engine, tiny_t5
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 12
@@ -29,17 +29,6 @@ def prompts(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     rows = [torch.randint(2, VOCAB, (int(torch.randint(1, 7, (1,), generator=g)),), generator=g).tolist() + [EOS]
             for _ in range(n)]
     return pad_right(rows, PAD), pad_right([[1] * len(r) for r in rows], 0)
-
-
-class Engine(torch.nn.Module):
-    """A DeepSpeed engine as the adapter sees it: calls reach the model, its attributes do not."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.module = model
-
-    def forward(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
 
 
 def test_adapter_for_a_tiny_t5_is_the_seq2seq_adapter_and_satisfies_the_protocol(models):

@@ -14,7 +14,7 @@ from minillm.models.base import IGNORE_INDEX
 from minillm.objectives.minillm import MiniLLMObjective
 from minillm.objectives.minillm.policy_gradient import k3_reverse_kl, masked_whiten, returns, token_rewards
 from minillm.objectives.minillm.rollouts import Rollouts, SamplingSettings, ban, keep_set, sample_rollouts
-from minillm_helpers import EOS, PAD, adapter_for, minillm_config, tiny_t5
+from minillm_helpers import EOS, PAD, Engine, adapter_for, minillm_config, tiny_t5
 
 NEG_INF = -math.inf
 
@@ -167,17 +167,6 @@ VOCAB = 12
 def two_models():
     return (tiny_t5(VOCAB, d_model=16, seed=3, dtype=torch.float32, sharpen=0.1, eos_logit_zero=True),
             tiny_t5(VOCAB, d_model=24, seed=4, dtype=torch.float32, sharpen=0.1, eos_logit_zero=True))
-
-
-class Engine(torch.nn.Module):
-    """What DeepSpeed's engine looks like to the sampler: forward calls reach the model, ``get_encoder`` does not."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.module = model
-
-    def forward(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
 
 
 PROMPTS = torch.tensor([[5, 7, 3, EOS]] * 16)

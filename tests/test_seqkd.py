@@ -18,23 +18,14 @@ from transformers import AutoModelForSeq2SeqLM
 from minillm.data.indexed_dataset import ShardedIndexedDataset, split_prompt_target
 from minillm.generate_seqkd import generate_share, load_prompts
 from minillm.models import Seq2SeqAdapter
+from minillm_helpers import assert_ok, read_jsonl, run_t5_script, script_env
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "deepspeed"
 
 
 def run_tool(script: str, **env_overrides) -> subprocess.CompletedProcess:
-    env = dict(os.environ, **{k: str(v) for k, v in env_overrides.items()})
-    return subprocess.run(["bash", str(REPO / "t5-scripts" / script), str(REPO)], env=env, capture_output=True,
-                          text=True, timeout=300)
-
-
-def assert_ok(done: subprocess.CompletedProcess) -> None:
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return run_t5_script(script, script_env(**env_overrides))
 
 
 @pytest.fixture(scope="module")

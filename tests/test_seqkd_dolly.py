@@ -4,8 +4,6 @@ tools/process_data_dolly.py), and tools/process_pseudo_data_seqkd.py shards the 
 teacher's ids, prompts, dev and test the gold folder's."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,28 +13,17 @@ import torch
 
 from minillm.data.indexed_dataset import ShardedIndexedDataset, split_prompt_target
 from minillm.data.seq2seq import Seq2SeqExamples
-from minillm.data.templates import get_instruction_template
 from minillm.generate_seqkd import resolve_rounds
 from minillm.models import adapter_for
 from minillm.models.tiny import (build_causal_model, build_model, model_vocab_size, save_checkpoint,
                                  train_causal_tokenizer, train_tokenizer)
-from tools import make_dolly_sample, process_data_dolly, process_pseudo_data_seqkd
+from minillm_helpers import read_jsonl, run_ok, write_dolly_sample
+from tools import process_data_dolly, process_pseudo_data_seqkd
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS, DEV_NUM, TEST_NUM = 60, 10, 10
 MAX_NEW_TOKENS = 8
 SEP = 65535
-
-
-def run(command: list[str], **env_overrides) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), **{k: str(v) for k, v in env_overrides.items()})
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def end_sampled_answers_early(model, eos_token_id: int, eos_logit: float = 4.7) -> None:
@@ -53,12 +40,7 @@ def end_sampled_answers_early(model, eos_token_id: int, eos_logit: float = 4.7) 
 @pytest.fixture(scope="module")
 def dolly_sample(tmp_path_factory) -> tuple[Path, list[str]]:
     """The offline sample file and a tokenizer corpus (the template's text and every field of every row)."""
-    path = tmp_path_factory.mktemp("dolly_raw") / "sample.jsonl"
-    make_dolly_sample.main(["--out", str(path), "--rows", str(ROWS)])
-    template = get_instruction_template("alpaca")
-    corpus = [template.prompt("x", "y"), template.prompt("x", "")]
-    corpus += [" ".join(row.values()) for row in read_jsonl(path)]
-    return path, corpus
+    return write_dolly_sample(tmp_path_factory.mktemp("dolly_raw"), ROWS)
 
 
 def process_dolly(raw_file: Path, out_dir: Path, tokenizer_dir: Path, model_type: str) -> Path:
@@ -81,9 +63,9 @@ def gpt2(tmp_path_factory, dolly_sample) -> dict:
     save_checkpoint(teacher, tokenizer, work / "teacher")
     data_dir = process_dolly(raw_file, work / "data", work / "tokenizer", "causal")
     paths = dict(TEACHER_CKPT=work / "teacher", DATA_DIR=data_dir, GEN_DIR=work / "gen", OUT_DIR=work / "seqkd")
-    run(["bash", "scripts/gpt2/tools/generate_data_seqkd.sh", str(work), "1"], BATCH_SIZE=16,
+    run_ok(["bash", "scripts/gpt2/tools/generate_data_seqkd.sh", str(work), "1"], BATCH_SIZE=16,
         EXTRA_ARGS=f"--max-new-tokens {MAX_NEW_TOKENS}", **paths)
-    run(["bash", "scripts/gpt2/tools/process_pseudo_data_seqkd.sh", str(work)], **paths)
+    run_ok(["bash", "scripts/gpt2/tools/process_pseudo_data_seqkd.sh", str(work)], **paths)
     return {"tokenizer": tokenizer, "teacher": teacher, "data": data_dir, "gen": paths["GEN_DIR"],
             "seqkd": paths["OUT_DIR"]}
 
@@ -96,7 +78,7 @@ def t5(tmp_path_factory, dolly_sample) -> dict:
     tokenizer = train_tokenizer(corpus, work / "tokenizer", vocab_size=400)
     save_checkpoint(build_model("tiny-teacher", model_vocab_size(tokenizer)), tokenizer, work / "teacher")
     data_dir = process_dolly(raw_file, work / "data", work / "tokenizer", "auto")
-    run([sys.executable, "-m", "minillm.generate_seqkd", "--model-path", str(work / "teacher"), "--data-dir",
+    run_ok([sys.executable, "-m", "minillm.generate_seqkd", "--model-path", str(work / "teacher"), "--data-dir",
          str(data_dir), "--out-dir", str(work / "gen"), "--max-new-tokens", str(MAX_NEW_TOKENS)])
     process_pseudo_data_seqkd.main(["--generated-dir", str(work / "gen"), "--gold-dir", str(data_dir),
                                     "--out-dir", str(work / "seqkd")])

@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from minillm_helpers import assert_ok, read_jsonl, run_t5_script, script_env
+
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = {"rel": 1e-5, "abs": 1e-5}
 EXACT_KEYS = ("uid", "round", "gold_label", "rank_label", "generated", "generated_label", "rougeL", "exact_match",
@@ -70,11 +72,8 @@ def t5_work(tmp_path_factory) -> Path:
 
 def launch(script: str, **env) -> subprocess.CompletedProcess:
     """A t5-scripts script with BASE the repository, 2 processes, one thread each."""
-    env = dict(os.environ, NUM_GPUS="2", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO),
-               **{key: str(value) for key, value in env.items()})
-    done = subprocess.run(["bash", str(REPO / "t5-scripts" / script), str(REPO)], env=env, capture_output=True,
-                          text=True, timeout=240)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_t5_script(script, script_env(dict(NUM_GPUS=2, OMP_NUM_THREADS=1, HF_HUB_OFFLINE=1), **env), timeout=240)
+    assert_ok(done)
     return done
 
 
@@ -88,7 +87,7 @@ def evaluate_in_process(monkeypatch, flags: list[str]) -> None:
 
 
 def read_predictions(out_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()]
+    return read_jsonl(out_dir / "predictions.jsonl")
 
 
 def assert_same_predictions(sharded: list[dict], single: list[dict]) -> None:

@@ -3,6 +3,9 @@
 
 The t5-scripts call it through ``launch_training`` in ``t5-scripts/common.sh``, which picks the launcher.
 ``--help`` lists every flag (see :mod:`minillm.engine.config`).
+
+Exit status: 0 trained; 2 bad input (one line naming the flag or file); 3 stopped by ``--max-nonfinite-steps``
+non-finite steps in a row (:mod:`minillm.engine.nonfinite`; last/ keeps the last periodic checkpoint).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import sys
 
 from .engine.config import parse_config
 from .engine.distributed import barrier
+from .engine.nonfinite import NonFiniteSteps
 
 
 def main(argv=None) -> int:
@@ -28,12 +32,20 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"finetune: error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteSteps as e:  # every rank stops at the same step; one says why
+        if os.environ.get("RANK", "0") == "0":
+            print(f"finetune: error: {e}", file=sys.stderr)
+        return 3
     finally:
-        # Shut the process group down before the interpreter exits, not in the exit-time destructors.
+        # Shut the process group down before the interpreter exits, not in the exit-time destructors. DeepSpeed,
+        # which started it, also forgets the groups it derived from it, so that a later run in this process starts
+        # anew.
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+            import deepspeed.comm
+
+            deepspeed.comm.destroy_process_group()
     return 0
 
 if __name__ == "__main__":

@@ -56,18 +56,24 @@ def set_gradient_divisor(optimizer: torch.optim.Optimizer, divisor: float | None
 class ClippedAdamW(torch.optim.AdamW):
     """torch's fused AdamW, stepping on gradients clipped by the global norm. ``max_grad_norm`` <= 0 turns clipping
     off. ``_global_grad_norm`` (read by DeepSpeed's ``get_global_grad_norm``) is the norm of the last step's gradients
-    before clipping. A non-finite norm is not skipped, as in DeepSpeed's fp32 path: the step runs and the loss shows
-    it."""
+    before clipping. A step whose norm is not finite is skipped, as every other optimizer path skips it (the bf16
+    masters of :mod:`minillm.engine.master_weights`, DeepSpeed's ZeRO and bf16 optimizers): weights, moments and
+    step count stay as they are, and ``overflow`` tells DeepSpeed's engine, which then leaves the learning-rate
+    schedule where it is and counts the step as skipped."""
 
     def __init__(self, param_groups: list[dict], lr: float, betas: tuple[float, float], eps: float,
                  max_grad_norm: float):
         super().__init__(param_groups, lr=lr, betas=betas, eps=eps, fused=True)
         self.max_grad_norm = max_grad_norm
         self._global_grad_norm = None
+        self.overflow = False
 
     @torch.no_grad()
     def step(self, closure=None):
         grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
         self._global_grad_norm = global_grad_norm(grads)
+        self.overflow = not math.isfinite(self._global_grad_norm)
+        if self.overflow:
+            return None
         set_gradient_divisor(self, clipping_divisor(self._global_grad_norm, self.max_grad_norm))
         return super().step(closure)

@@ -134,6 +134,11 @@ class TrainConfig:
     eval_max_examples: int = _flag(0, "evaluate at most this many examples per round (0: all)")
     log_interval: int = _flag(10, "optimizer steps between metric lines")
     resume: bool = _flag(False, "continue from save_dir/last/ (model, optimizer, scheduler, RNG, data position)")
+    # faults
+    max_nonfinite_steps: int = _flag(10, "stop the run when this many optimizer steps in a row have a non-finite "
+                                     "loss or gradient (each such step is skipped: no update of the weights, the "
+                                     "optimizer state or the learning-rate schedule); last/ keeps the last periodic "
+                                     "checkpoint")
     # distributed / precision
     deepspeed_config: str = _flag(None, "DeepSpeed JSON (configs/deepspeed/): ZeRO stage, precision, clipping")
     # MiniLLM's recipes split large models with Megatron tensor parallelism; this engine has none, so the two flags
@@ -160,6 +165,8 @@ class TrainConfig:
                 problems.append(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
         if self.lr <= 0:
             problems.append(f"--lr must be > 0 (got {self.lr})")
+        if self.max_nonfinite_steps < 1:
+            problems.append(f"--max-nonfinite-steps must be >= 1 (got {self.max_nonfinite_steps})")
         uses_teacher = self.type in ("kd", "minillm") or (self.type == "seqkd" and self.kd_ratio > 0)
         for name in ("model_path", "tokenizer_path") + (("teacher_model_path",) if uses_teacher else ()):
             value = getattr(self, name)

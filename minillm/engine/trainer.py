@@ -41,6 +41,7 @@ from .deepspeed_config import (check_precision, clipping_in_trainer, engine_conf
 from .distributed import all_reduce_sum, device_for, init_distributed
 from .gathering import SamplingScope, shard_for_inference
 from .master_weights import BF16MasterWeightAdamW
+from .nonfinite import NonFiniteSteps, last_backward_scale, skipped_line, stop_message
 from .run_log import RunLog
 
 # --select-by -> (overall figure, +1 if higher is better else -1)
@@ -190,7 +191,7 @@ def _new_window(device) -> dict:
     """Sums over the steps since the last metric line: loss and the objective's metrics (device tensors), target
     units, real tokens and computed cells, optimizer steps; and the start time."""
     return {"loss": torch.zeros((), device=device), "metrics": {}, "units": 0.0, "real": 0.0, "cells": 0.0,
-            "steps": 0, "start": time.perf_counter()}
+            "steps": 0, "skipped": 0, "start": time.perf_counter()}
 
 
 @dataclasses.dataclass
@@ -332,7 +333,7 @@ def initial_state(config: TrainConfig, engine, source, total_steps: int, world_s
     {"select_by", "metric" (the best value so far), "step"}."""
     selected = selections(config)
     state = {"step": 0, "total_steps": total_steps, "world_size": world_size, "select_by": selected["best"],
-             "best_metric": None, "best_step": None,
+             "best_metric": None, "best_step": None, "skipped_steps": 0,
              "selections": {folder: {"select_by": metric, "metric": None, "step": None}
                             for folder, metric in selected.items()}}
     if config.resume:
@@ -350,8 +351,9 @@ def initial_state(config: TrainConfig, engine, source, total_steps: int, world_s
 
 def loop(run: Run) -> dict:
     """Train from ``run.state["step"]`` to the last step: per step, the source's micro-batches, their summed losses
-    scaled to the global unit count, one optimizer step; metric lines, evaluations and checkpoints at their
-    intervals. Returns the final trainer state."""
+    scaled to the global unit count, one optimizer step (skipped when the loss or the gradient is not finite;
+    ``--max-nonfinite-steps`` in a row raise :class:`minillm.engine.nonfinite.NonFiniteSteps`); metric lines,
+    evaluations and checkpoints at their intervals. Returns the final trainer state."""
     config, state, log, engine = run.config, run.state, run.log, run.engine
     progress = console.progress(run.total_steps, "train", enabled=run.rank == 0, initial=state["step"], unit="steps",
                                 every=config.log_interval)
@@ -360,6 +362,7 @@ def loop(run: Run) -> dict:
     window = _new_window(run.device)
     engine.train(run.objective.uses_dropout)
     metrics = None
+    skipped_in_a_row, last_saved = 0, state["step"] if config.resume else None
     while state["step"] < run.total_steps:
         micro_batches = run.source.micro_batches(state["step"])
         collected = run.source.pop_stats()
@@ -369,29 +372,51 @@ def loop(run: Run) -> dict:
         (global_units,) = all_reduce_sum([local_units], run.device)
         scale = run.world_size * config.grad_acc / global_units
         lr = run.scheduler.get_last_lr()[0]  # the rate this step uses
-        for batch in micro_batches:
+        step_loss, step_metrics = torch.zeros((), device=run.device), {}
+        for i, batch in enumerate(micro_batches):
             real, cells = run.token_counts(batch)
             window["real"] += real
             window["cells"] += cells
             output = run.objective(engine, _to_device(batch, run.device))
-            engine.backward(output.loss_sum * scale)
+            # device tensors: no host synchronisation per micro-batch
+            step_loss += output.loss_sum.detach()
+            for name, value in output.metrics.items():
+                step_metrics[name] = step_metrics.get(name, 0.0) + value
+            if i == len(micro_batches) - 1:  # NaN where any rank's loss is not finite: the step is skipped
+                factor, nonfinite_ranks = last_backward_scale(step_loss, scale)
+                engine.backward(output.loss_sum * factor)
+            else:
+                engine.backward(output.loss_sum * scale)
             kill_point("step")
             engine.step()
-            # device tensors: no host synchronisation per micro-batch
-            window["loss"] += output.loss_sum.detach()
-            for name, value in output.metrics.items():
+        if engine.was_step_applied():
+            skipped_in_a_row = 0
+            window["loss"] += step_loss
+            for name, value in step_metrics.items():
                 window["metrics"][name] = window["metrics"].get(name, 0.0) + value
-        window["units"] += local_units
+            window["units"] += local_units
+        else:  # the same decision on every rank (module docstring of minillm.engine.nonfinite)
+            skipped_in_a_row += 1
+            window["skipped"] += 1
+            state["skipped_steps"] += 1
+            log.print(skipped_line(state["step"] + 1, int(nonfinite_ranks), engine.get_global_grad_norm(),
+                                   skipped_in_a_row, state["skipped_steps"], config.max_nonfinite_steps))
         window["steps"] += 1
         state["step"] += 1
+        stopping = skipped_in_a_row == config.max_nonfinite_steps
 
         done = state["step"] == run.total_steps
-        if state["step"] % config.log_interval == 0 or done:
+        if state["step"] % config.log_interval == 0 or done or stopping:
             record = train_record(run, window, lr)
             log.write(record, "train")
-            progress.set_postfix(loss=f"{record['loss']:.4f}", pad=f"{record['padding']:.2f}")
+            if record["loss"] is not None:  # None: every step of the window was skipped
+                progress.set_postfix(loss=f"{record['loss']:.4f}", pad=f"{record['padding']:.2f}")
             window = _new_window(run.device)
         progress.update(1)  # after the metric line, so that a line-per-interval log shows this step's loss
+        if stopping:  # before this step's evaluation and checkpoints: last/ keeps the last periodic save
+            progress.close()
+            log.close()
+            raise NonFiniteSteps(stop_message(state["step"], skipped_in_a_row, last_saved, run.save_dir / "last"))
 
         metrics = None
         if state["step"] % run.eval_interval == 0 or done:
@@ -402,12 +427,16 @@ def loop(run: Run) -> dict:
                 save(run, folder, metrics, with_training_state=False)
         if state["step"] % run.save_interval == 0 or done:
             save(run, "last", metrics, with_training_state=True)
+            last_saved = state["step"]
     progress.close()
     if run.rank == 0 and metrics is not None:
         log.print(format_table(metrics))
     for folder, selection in state["selections"].items():
         log.print(f"train: {run.save_dir / folder} is step {selection['step']} of {run.total_steps}, selected by "
                   f"dev {selection['select_by']} {selection['metric']:.4g} (last/: step {run.total_steps})")
+    if state["skipped_steps"]:
+        log.print(f"train: {state['skipped_steps']} of {run.total_steps} optimizer steps were skipped for a "
+                  "non-finite loss or gradient (skipped_steps in metrics.jsonl)")
     if metrics is not None:
         log.write_hparams(run_settings(run), final_figures(state, metrics), run.total_steps)
     log.close()
@@ -415,23 +444,25 @@ def loop(run: Run) -> dict:
 
 
 def train_record(run: Run, window: dict, lr: float) -> dict:
-    """The metric line of the steps in ``window``, over every process: loss and the objective's terms per unit,
-    padding, throughput of the whole group (tokens are the real, non-padding, prompt and target tokens), and the
-    gradient norm before clipping where the optimizer reports it."""
+    """The metric line of the steps in ``window``, over every process: loss and the objective's terms per unit
+    over the applied steps (None when every step was skipped), the skipped steps, padding, throughput of the whole
+    group (tokens are the real, non-padding, prompt and target tokens), and the gradient norm before clipping where
+    the optimizer reports it."""
     names = sorted(window["metrics"])
     loss, units, real, cells, *terms = all_reduce_sum(
         [float(window["loss"]), window["units"], window["real"], window["cells"],
          *(float(window["metrics"][name]) for name in names)], run.device)
     elapsed = time.perf_counter() - window["start"]
     global_batch_size = run.config.batch_size * run.world_size * run.config.grad_acc
+    per_unit = (lambda total: total / units) if units else (lambda total: None)  # units 0: every step skipped
     record = {"step": run.state["step"], "epoch": round(run.state["step"] / run.steps_per_epoch, 4),
-              "loss": loss / units, "lr": lr, "padding": 1.0 - real / cells,
+              "loss": per_unit(loss), "lr": lr, "padding": 1.0 - real / cells,
               "steps_per_s": window["steps"] / elapsed,
               "examples_per_s": window["steps"] * global_batch_size / elapsed, "tokens_per_s": real / elapsed,
-              **{name: term / units for name, term in zip(names, terms)}}
+              "skipped_steps": window["skipped"], **{name: per_unit(term) for name, term in zip(names, terms)}}
     grad_norm = run.engine.get_global_grad_norm()
-    if grad_norm is not None:
-        record["grad_norm"] = float(grad_norm)
+    if grad_norm is not None:  # that of the window's last step; None (not NaN, not JSON) when it was not finite
+        record["grad_norm"] = float(grad_norm) if math.isfinite(float(grad_norm)) else None
     return record
 
 

@@ -123,6 +123,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--deepspeed-config", default=None,
                         help="a DeepSpeed JSON (configs/deepspeed/); ZeRO stage 3 shards every model over the "
                         "launched processes (ZeRO-3 inference); default: none, each process holds whole models")
+    parser.add_argument("--allow-pickle-weights", action="store_true",
+                        help="load checkpoints whose weights are pickles (pytorch_model.bin, no safetensors): "
+                        "unpickling can run code stored in the file, so only for a source you trust")
     args = parser.parse_args(argv)
     if args.out_dir is not None and len(args.model_path) > 1:
         parser.error(f"--out-dir takes one --model-path (got {len(args.model_path)}); drop it to write each "
@@ -182,7 +185,8 @@ def load_model(flag: str, path, args: argparse.Namespace):
     cannot be loaded (any failure is bad input here: a missing folder, truncated weights, a config that does not
     match them, ...). The library's default attention, as the checkpoint asks for it."""
     try:
-        return load_checkpoint(path, dtype=DTYPES[args.dtype or "fp32"], attn_implementation=None, flag=None)
+        return load_checkpoint(path, dtype=DTYPES[args.dtype or "fp32"], attn_implementation=None, flag=None,
+                               allow_pickle=args.allow_pickle_weights)
     except Exception as err:
         raise InputError(f"{flag} {path}: cannot load the model: {_first_line(err)}") from None
 

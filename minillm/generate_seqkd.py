@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deepspeed-config", default=None,
                    help="a DeepSpeed JSON (configs/deepspeed/); ZeRO stage 3 shards the teacher over the processes "
                    "(ZeRO-3 inference); default: none, each process holds the whole teacher")
+    p.add_argument("--allow-pickle-weights", action="store_true",
+                   help="load a teacher whose weights are pickles (pytorch_model.bin, no safetensors): unpickling "
+                   "can run code stored in the file, so only for a source you trust")
     return p
 
 
@@ -341,7 +344,7 @@ def main(argv=None) -> int:
         sharded = inference is not None and inference["zero_stage"] == 3
         # the library's attention and error messages, as reported below
         model = load_model(args.model_path, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32,
-                           attn_implementation=None, flag=None).eval()
+                           attn_implementation=None, flag=None, allow_pickle=args.allow_pickle_weights).eval()
         if model.config.vocab_size < gold_meta["vocab_size"]:
             raise ValueError(f"--model-path {args.model_path}: vocabulary of {model.config.vocab_size} tokens, but "
                              f"--data-dir {data_dir} was tokenised with {gold_meta['vocab_size']}")

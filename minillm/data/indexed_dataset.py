@@ -88,6 +88,11 @@ class IndexedDataset:
         if code not in DTYPE_CODES:
             raise ValueError(f"{idx_path}: unknown dtype code {code}")
         self.dtype = np.dtype(DTYPE_CODES[code])
+        expected_idx = _HEADER.size + count * (4 + 8) + doc_count * 8
+        if idx.size != expected_idx:
+            raise ValueError(f"{idx_path}: {idx.size} bytes, but its header ({count} items, {doc_count} documents) "
+                             f"needs {expected_idx}: the file is torn or corrupted; run the data processing script "
+                             "again")
         offset = _HEADER.size
         self.sizes = np.frombuffer(idx, dtype=np.int32, count=count, offset=offset)
         offset += self.sizes.nbytes
@@ -95,7 +100,27 @@ class IndexedDataset:
         offset += self.pointers.nbytes
         self.doc_idx = np.frombuffer(idx, dtype=np.int64, count=doc_count, offset=offset)
         self._idx = idx
+        self._check_bin(bin_path, idx_path)
         self._bin = np.memmap(bin_path, dtype=np.uint8, mode="r") if bin_path.stat().st_size else np.zeros(0, np.uint8)
+
+    def _check_bin(self, bin_path: Path, idx_path: Path) -> None:
+        """The ``.bin`` must be exactly the items the ``.idx`` describes: consecutive, from byte 0, with no size
+        negative; its length the sum of their sizes. A truncated or extended ``.bin`` (or an ``.idx`` of another
+        data set) is one ValueError naming the file, the expected and the actual size, raised here rather than as a
+        numpy error deep in training."""
+        itemsize = self.dtype.itemsize
+        lengths = self.sizes.astype(np.int64) * itemsize
+        expected_pointers = np.zeros(len(lengths), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=expected_pointers[1:])
+        if (self.sizes < 0).any() or not np.array_equal(self.pointers, expected_pointers):
+            raise ValueError(f"{idx_path}: item sizes and offsets are inconsistent (the index is corrupted); run the "
+                             "data processing script again")
+        expected = int(lengths.sum())
+        actual = bin_path.stat().st_size
+        if actual != expected:
+            raise ValueError(f"{bin_path}: expected {expected} bytes ({len(self)} items in {idx_path.name}), found "
+                             f"{actual}: the file is {'truncated' if actual < expected else 'longer than its index'}; "
+                             "run the data processing script again")
 
     def __len__(self) -> int:
         return len(self.sizes)

@@ -134,6 +134,9 @@ class TrainConfig:
     eval_max_examples: int = _flag(0, "evaluate at most this many examples per round (0: all)")
     log_interval: int = _flag(10, "optimizer steps between metric lines")
     resume: bool = _flag(False, "continue from save_dir/last/ (model, optimizer, scheduler, RNG, data position)")
+    allow_pickle_weights: bool = _flag(False, "load the student and teacher from pickle weights (pytorch_model.bin) "
+                                       "when their folder has no safetensors: unpickling can run code stored in "
+                                       "the file, so only for a source you trust")
     # faults
     max_nonfinite_steps: int = _flag(10, "stop the run when this many optimizer steps in a row have a non-finite "
                                      "loss or gradient (each such step is skipped: no update of the weights, the "

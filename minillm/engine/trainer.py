@@ -108,7 +108,8 @@ def load_student(config: TrainConfig, device: torch.device):
     tokenizer_path = config.tokenizer_path or config.model_path
     tokenizer = load_tokenizer(tokenizer_path, tokenizer_flag)
     model = load_model(config.model_path, dtype=torch.float32, attn_implementation=config.attn_implementation,
-                       fused_kernels=config.fused_kernels, device_type=device.type, dropout=config.dropout)
+                       fused_kernels=config.fused_kernels, device_type=device.type, dropout=config.dropout,
+                       allow_pickle=config.allow_pickle_weights)
     check_tokenizer_matches(tokenizer, model, read_meta(config.data_dir), tokenizer_flag=tokenizer_flag,
                             tokenizer_path=tokenizer_path, model_flag="--model-path", model_path=config.model_path,
                             data_dir=config.data_dir)
@@ -163,7 +164,8 @@ def load_frozen_model(path: str, config: TrainConfig, student, ds_config: dict, 
     differs from the student's."""
     dtype = torch.bfloat16 if precision(ds_config) == "bf16" else torch.float32
     frozen = load_model(path, dtype=dtype, attn_implementation=student.config._attn_implementation,
-                        fused_kernels=config.fused_kernels, device_type=device.type, flag="--teacher-model-path")
+                        fused_kernels=config.fused_kernels, device_type=device.type, flag="--teacher-model-path",
+                        allow_pickle=config.allow_pickle_weights)
     if frozen.config.vocab_size != student.config.vocab_size:
         raise ValueError(f"--teacher-model-path {path}: vocabulary of {frozen.config.vocab_size} tokens but the "
                          f"student ({config.model_path}) has {student.config.vocab_size}; teacher and student must "

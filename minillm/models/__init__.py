@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -25,18 +27,60 @@ def _family(is_encoder_decoder: bool):
 
 
 def load_model(path, *, dtype=torch.float32, attn_implementation: str | None = "auto", fused_kernels: bool = False,
-               device_type: str = "cpu", dropout: float | None = None, flag: str | None = "--model-path"):
+               device_type: str = "cpu", dropout: float | None = None, flag: str | None = "--model-path",
+               allow_pickle: bool = False):
     """The model at ``path`` (hub name or folder), loaded by its family's adapter (``load``, with these keyword
     arguments). A checkpoint that cannot be loaded (not on the hub, offline, a folder without weights) is bad input:
     a one-line ValueError naming ``flag``; with ``flag`` None the error is left as it is, for callers that report
-    load failures their own way."""
+    load failures their own way.
+
+    Weights load from safetensors only: a folder with pickle weights alone is refused (:func:`check_weight_files`)
+    and the library is told to use safetensors, unless ``allow_pickle`` (``--allow-pickle-weights``). A folder with
+    a manifest (one this project wrote) must match it (:func:`check_whole_checkpoint`); one without, such as a Hugging
+    Face download, loads as before."""
     from transformers import AutoConfig
 
     path = check_local_path(path, flag)
+    check_whole_checkpoint(path, flag)
+    if not allow_pickle:
+        check_weight_files(path, flag)
     with _load_errors_as_value_errors(flag, path):
         family = _family(AutoConfig.from_pretrained(path).is_encoder_decoder)
         return family.load(path, dtype=dtype, attn_implementation=attn_implementation, fused_kernels=fused_kernels,
-                           device_type=device_type, dropout=dropout)
+                           device_type=device_type, dropout=dropout, allow_pickle=allow_pickle)
+
+
+# Weight files that are pickles: loading one unpickles it, and a pickle can run any code it names.
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_weight_files(path, flag: str | None) -> None:
+    """A local folder whose weights are pickles only (``pytorch_model.bin``, no ``*.safetensors``) is refused in one
+    line naming ``flag``, the file and the two ways on: converting it, or ``--allow-pickle-weights`` for a source
+    one trusts."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix in PICKLE_WEIGHT_SUFFIXES)
+    if pickles:
+        raise ValueError(f"{flag or 'model'} {path}: its weights are pickle files ({', '.join(pickles)}) and there "
+                         "is no .safetensors: unpickling can run code stored in the file, so it is not loaded; "
+                         "convert it to safetensors (from_pretrained, then save_pretrained) where you trust it, or "
+                         "pass --allow-pickle-weights if you trust its source")
+
+
+def check_whole_checkpoint(path, flag: str | None) -> None:
+    """A local folder with a manifest (written last by :func:`minillm.engine.checkpoint.save_checkpoint`) must
+    match it, training state aside: a file missing, truncated or corrupted is a one-line ValueError naming ``flag``
+    and the file. Costs one read of the model's files (SHA-256, ~1.7 GB/s)."""
+    from ..folders import has_manifest, manifest_problem
+
+    folder = Path(path).expanduser()
+    if folder.is_dir() and has_manifest(folder):
+        problem = manifest_problem(folder, skip=("training_state",))
+        if problem is not None:
+            raise ValueError(f"{flag or 'model'} {path}: not a whole checkpoint: {problem}; load another one (the "
+                             "run's last.prev/ or best/) or write it again")
 
 
 def load_tokenizer(path, flag: str | None = "--tokenizer-path"):
@@ -137,8 +181,13 @@ def _load_errors_as_value_errors(flag: str | None, path):
     except OSError as err:
         first_line = (str(err).strip() or type(err).__name__).splitlines()[0]
         raise ValueError(f"{flag} {path}: cannot load it ({first_line})") from None
+    except pickle.UnpicklingError as err:  # pickle weights, read weights-only by the library, that hold code
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        raise ValueError(f"{flag} {path}: cannot load it (its pickle weights hold "
+                         f"{found.group(1) if found else 'objects other than tensors'}, which loading would run; "
+                         "they are read weights-only, even with --allow-pickle-weights)") from None
 
 
-__all__ = ["IGNORE_INDEX", "TOKENIZER_FILES", "ModelAdapter", "Seq2SeqAdapter", "adapter_for", "check_local_path",
-           "check_tokenizer_files", "check_tokenizer_matches", "embedding_rows", "load_model", "load_tokenizer",
-           "looks_like_path"]
+__all__ = ["IGNORE_INDEX", "PICKLE_WEIGHT_SUFFIXES", "TOKENIZER_FILES", "ModelAdapter", "Seq2SeqAdapter",
+           "adapter_for", "check_local_path", "check_tokenizer_files", "check_tokenizer_matches", "check_weight_files",
+           "check_whole_checkpoint", "embedding_rows", "load_model", "load_tokenizer", "looks_like_path"]

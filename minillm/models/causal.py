@@ -86,8 +86,9 @@ class CausalLMAdapter:
 
     @classmethod
     def load(cls, path, *, dtype=torch.float32, attn_implementation: str | None = "auto", fused_kernels: bool = False,
-             device_type: str = "cpu", dropout: float | None = None):
-        """The model at ``path`` (hub name or folder) in ``dtype``, on the CPU.
+             device_type: str = "cpu", dropout: float | None = None, allow_pickle: bool = False):
+        """The model at ``path`` (hub name or folder) in ``dtype``, on the CPU; its weights from safetensors only
+        unless ``allow_pickle`` (:func:`minillm.models.load_model`).
 
         ``attn_implementation``: ``auto`` is SDPA on every device; None keeps the library's default; any other name
         is passed on. ``fused_kernels`` is accepted and ignored: the fused elementwise kernels exist for T5 only, and
@@ -95,7 +96,7 @@ class CausalLMAdapter:
         (:data:`DROPOUT_FIELDS`); a ValueError for a model type whose fields are not known."""
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        options = {}
+        options = {"use_safetensors": None if allow_pickle else True}  # None: safetensors first, else a pickle
         if dropout is not None:
             model_type = AutoConfig.from_pretrained(path).model_type
             if model_type not in DROPOUT_FIELDS:

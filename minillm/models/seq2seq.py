@@ -50,8 +50,9 @@ class Seq2SeqAdapter:
 
     @classmethod
     def load(cls, path, *, dtype=torch.float32, attn_implementation: str | None = "auto", fused_kernels: bool = False,
-             device_type: str = "cpu", dropout: float | None = None):
-        """The model at ``path`` (hub name or folder) in ``dtype``, on the CPU.
+             device_type: str = "cpu", dropout: float | None = None, allow_pickle: bool = False):
+        """The model at ``path`` (hub name or folder) in ``dtype``, on the CPU; its weights from safetensors only
+        unless ``allow_pickle`` (:func:`minillm.models.load_model`).
 
         ``attn_implementation``: ``auto`` is eager attention on a CPU (faster there: torch's SDPA has no fused CPU
         kernel for training with dropout; docs/performance.md) and SDPA elsewhere; None keeps the library's default;
@@ -63,6 +64,7 @@ class Seq2SeqAdapter:
         from .fused import fuse_elementwise
 
         options = {} if dropout is None else {"dropout_rate": dropout}
+        options["use_safetensors"] = None if allow_pickle else True  # None: safetensors first, else a pickle
         if attn_implementation == "auto":
             attn_implementation = "eager" if device_type == "cpu" else "sdpa"
         if attn_implementation is not None:

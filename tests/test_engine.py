@@ -304,9 +304,6 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(tiny_setup, tmp_p
     from minillm.folders import write_manifest
 
     write_manifest(killed / "last")  # edited by hand: recorded again, or --resume would skip it as corrupted
-    from minillm.folders import write_manifest
-
-    write_manifest(killed / "last")  # edited by hand: recorded again, or --resume would skip it as corrupted
     old_style = run_sft(tiny_setup, killed, script="sft_xl.sh", **settings)
     assert_ok(old_style)
     assert "is already at step 40 of 40; nothing to train" in old_style.stdout + old_style.stderr

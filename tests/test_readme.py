@@ -158,16 +158,17 @@ def fake_repo(tmp_path, monkeypatch):
 
 def test_the_tables_come_from_the_scripts(fake_repo):
     # per setting: the recipes' own defaults first, common.sh's where a recipe sets none; core settings (those of
-    # launch_module and the top level) go to the common table, with the recipes' different defaults beside them
+    # launch_module and the top level) go to the common table, with the recipes' different defaults beside them;
+    # rows by name, the members of a group present in one row at the first member's place, a lone member alone
     assert rs.table("train") == "\n".join([
         "| setting | Flan-T5 | meaning |",
         "|---|---|---|",
-        f"| `DS_CONFIG` | `configs/zero{{ZERO_STAGE}}.json` | {rs.MEANINGS['DS_CONFIG']} |",
         f"| `KD_RATIO` | *required* | {rs.MEANINGS['KD_RATIO']} |",
         f"| `LR` | `5e-5` to `3e-4`, per recipe | {rs.MEANINGS['LR']} |",
         f"| `MAX_STEPS` | `0` | {rs.MEANINGS['MAX_STEPS']} |",
         f"| `SAVE_DIR` | per recipe | {rs.MEANINGS['SAVE_DIR']} |",
-        f"| `ZERO_STAGE` | `0` | {rs.MEANINGS['ZERO_STAGE']} |",
+        "| `ZERO_STAGE`, `DS_CONFIG` | `0` / `configs/zero{ZERO_STAGE}.json` | "
+        f"{rs.GROUPS[('ZERO_STAGE', 'PRECISION', 'DS_CONFIG')]} |",
     ])
     assert rs.table("common") == "\n".join([
         "| setting | default | meaning |",

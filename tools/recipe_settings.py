@@ -132,7 +132,17 @@ GROUPS: dict[tuple[str, ...], str] = {
                                         "(0: at every evaluation)",
     ("SELECT_BY", "ALSO_SELECT_BY"): "metric that picks `best/` (auto: dev accuracy, or Rouge-L without options; loss, "
                                      "accuracy, rougeL); also keep `best_METRIC/` (loss: MiniLLM's initialisation)",
-    ("JSD_BETA", "SKEW_ALPHA"): "beta of `KD_LOSS=jsd`; alpha of `sfkl`/`srkl`",
+    ("KD_RATIO", "KD_LOSS", "JSD_BETA", "SKEW_ALPHA"): "KD's `(1 - r) CE + r D`: r; the divergence D (fkl, rkl, jsd, "
+                                                      "sfkl, srkl, tvd, akl); beta of jsd; alpha of sfkl and srkl",
+    ("MAX_STEPS", "EPOCHS", "WARMUP_STEPS"): "optimizer steps (0: `EPOCHS` decide); epochs; linear warmup steps",
+    ("ZERO_STAGE", "PRECISION", "DS_CONFIG"): "DeepSpeed ZeRO stage (0, 1, 2, 3, 2_offload, 3_offload); bf16 or fp32 "
+                                              "(fp16 is refused for T5); the DeepSpeed JSON (training's default "
+                                              "`configs/deepspeed/zero{ZERO_STAGE}_{PRECISION}.json`; evaluation and "
+                                              "generation are sharded with it when it is set or `ZERO_STAGE` is 3*)",
+    ("LM_DATA_DIR", "LM_COEF"): "MiniLLM's LM term: its gold pairs or corpus (set and empty: no LM term); its weight",
+    ("TEMPLATE", "TARGET"): "prompt template; ANLI's target: label (the answer) or label_reason (and ANLI's reason)",
+    ("CORPUS_DIR", "HF_DATASET", "MAX_LENGTH"): "LM corpus: a folder of `.txt` / `.jsonl` documents, or a Hugging Face "
+                                                "dataset streamed instead; tokens per chunk",
     ("NUM_ROLLOUTS", "CHUNK_SIZE", "PPO_EPOCHS"): "rollouts per collection (all processes); prompts per sampling call "
                                                   "and process; passes over each collection",
     ("ALPHA", "GAMMA"): "teacher mix of sampling, `(1 - alpha) q + alpha p`; discount of the long-term return",
@@ -341,15 +351,15 @@ def family_rows(family: str) -> tuple[list[str], list[list[str]]]:
 
 
 def meaning(name: str, family: str) -> str:
-    if f"{family}:{name}" in MEANINGS:
-        return MEANINGS[f"{family}:{name}"]
+    """A setting's meaning: the family's own, the setting's, or (for a member of a group) the group's."""
+    for key in (f"{family}:{name}", name):
+        if key in MEANINGS:
+            return MEANINGS[key]
     group = next((members for members in GROUPS if name in members), None)
     if group is not None:
         return GROUPS[group]
-    if name not in MEANINGS:
-        raise KeyError(f"{name}: a setting read by the scripts with no meaning in tools/recipe_settings.py MEANINGS; "
-                       f"add one line there")
-    return MEANINGS[name]
+    raise KeyError(f"{name}: a setting read by the scripts with no meaning in tools/recipe_settings.py MEANINGS; "
+                   f"add one line there")
 
 
 def grouped(rows: list[list[str]]) -> list[list[str]]:

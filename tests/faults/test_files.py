@@ -3,7 +3,8 @@ checkpoints deleted, truncated or with one byte flipped; data shards cut short; 
 (RLIMIT_FSIZE with SIGXFSZ ignored, so that a write past it fails with EFBIG as on a full disk).
 
 One 4-step SFT run (checkpoints at steps 2 and 4: ``last.prev/`` and ``last/``) is shared by the module; each
-test damages its own copy."""
+test damages its own copy. ZeRO-1, so that the resume reads a ZeRO optimizer state (its loss scaler, stage and
+fragment addresses) through the weights-only loader."""
 
 import hashlib
 import json
@@ -23,17 +24,18 @@ from minillm.folders import MANIFEST, manifest_problem
 from minillm.models import load_model
 
 REPO = Path(__file__).resolve().parents[2]
-STATE_FILE = "training_state/state/mp_rank_00_model_states.pt"  # DeepSpeed's model, optimizer and scheduler state
+STATE_FILE = "training_state/state/mp_rank_00_model_states.pt"  # DeepSpeed's model and scheduler state
+OPTIMIZER_FILE = "training_state/state/zero_pp_rank_0_mp_rank_00_optim_states.pt"  # and ZeRO's optimizer state
 
 
 def train(setup, save_dir: Path, max_steps: int, *extra: str, file_size_limit: int | None = None,
           save_interval: int = 2) -> subprocess.CompletedProcess:
-    """t5-scripts/sft/sft_small.sh on the tiny setup, one process, ZeRO 0: ``max_steps`` steps, ``last/`` every
+    """t5-scripts/sft/sft_small.sh on the tiny setup, one process, ZeRO 1: ``max_steps`` steps, ``last/`` every
     ``save_interval`` steps, one evaluation at the end."""
     env = dict(os.environ, CKPT=str(setup["models"] / "tiny-student"), DATA_DIR=str(setup["data_dir"]),
                SAVE_DIR=str(save_dir), NUM_GPUS="1", BATCH_SIZE="8", GRAD_ACC="1", LR="1e-3", EPOCHS="1",
                MAX_STEPS=str(max_steps), EVAL_INTERVAL=str(max_steps), SAVE_INTERVAL=str(save_interval),
-               WARMUP_STEPS="0", DS_CONFIG=str(REPO / "configs" / "deepspeed" / "zero0_fp32.json"),
+               WARMUP_STEPS="0", DS_CONFIG=str(REPO / "configs" / "deepspeed" / "zero1_fp32.json"),
                EXTRA_ARGS=" ".join(["--eval-max-examples 8 --no-eval-generate --log-interval 1", *extra]))
 
     def limit_file_size():
@@ -81,7 +83,8 @@ def test_manifest_records_every_file_with_size_and_sha256(run):
     recorded = json.loads((last / MANIFEST).read_text())["files"]
     on_disk = sorted(p.relative_to(last).as_posix() for p in last.rglob("*") if p.is_file() and p.name != MANIFEST)
     assert sorted(recorded) == on_disk
-    assert {"model.safetensors", "trainer_state.json", STATE_FILE, "training_state/rng_rank0.pt"} <= set(recorded)
+    assert {"model.safetensors", "trainer_state.json", STATE_FILE, OPTIMIZER_FILE,
+            "training_state/rng_rank0.pt"} <= set(recorded)
     weights = (last / "model.safetensors").read_bytes()
     assert recorded["model.safetensors"] == {"size": len(weights), "sha256": hashlib.sha256(weights).hexdigest()}
     # last/ keeps the checkpoint it replaced: the two newest complete ones, nothing half-written beside them

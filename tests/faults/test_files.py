@@ -6,6 +6,7 @@ One 4-step SFT run (checkpoints at steps 2 and 4: ``last.prev/`` and ``last/``) 
 test damages its own copy. ZeRO-1, so that the resume reads a ZeRO optimizer state (its loss scaler, stage and
 fragment addresses) through the weights-only loader."""
 
+import errno
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 from minillm.data.indexed_dataset import IndexedDataset, ShardedIndexedDataset, write_indexed_dataset
-from minillm.engine.checkpoint import find_checkpoint, previous_of
+from minillm.engine.checkpoint import _no_room, find_checkpoint, previous_of
 from minillm.folders import MANIFEST, manifest_problem
 from minillm.models import load_model
 
@@ -29,9 +30,11 @@ OPTIMIZER_FILE = "training_state/state/zero_pp_rank_0_mp_rank_00_optim_states.pt
 
 
 def train(setup, save_dir: Path, max_steps: int, *extra: str, file_size_limit: int | None = None,
-          save_interval: int = 2) -> subprocess.CompletedProcess:
+          save_interval: int = 2, tiny_file_system: tuple[Path, int] | None = None) -> subprocess.CompletedProcess:
     """t5-scripts/sft/sft_small.sh on the tiny setup, one process, ZeRO 1: ``max_steps`` steps, ``last/`` every
-    ``save_interval`` steps, one evaluation at the end."""
+    ``save_interval`` steps, one evaluation at the end. ``tiny_file_system`` ``(copy_back_to, kib)``: ``save_dir``
+    is copied onto a tmpfs of that size, mounted in a user and mount namespace of the run's own, and copied back
+    when the run ends (the mount goes with the namespace)."""
     env = dict(os.environ, CKPT=str(setup["models"] / "tiny-student"), DATA_DIR=str(setup["data_dir"]),
                SAVE_DIR=str(save_dir), NUM_GPUS="1", BATCH_SIZE="8", GRAD_ACC="1", LR="1e-3", EPOCHS="1",
                MAX_STEPS=str(max_steps), EVAL_INTERVAL=str(max_steps), SAVE_INTERVAL=str(save_interval),
@@ -42,9 +45,25 @@ def train(setup, save_dir: Path, max_steps: int, *extra: str, file_size_limit: i
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer instead of failing write()
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
-    return subprocess.run(["bash", str(REPO / "t5-scripts" / "sft" / "sft_small.sh"), str(REPO)], env=env,
-                          capture_output=True, text=True, timeout=300,
+    command = ["bash", str(REPO / "t5-scripts" / "sft" / "sft_small.sh"), str(REPO)]
+    if tiny_file_system is not None:
+        copy_back_to, kib = tiny_file_system
+        mount_point = save_dir.parent / "tiny_fs"
+        mount_point.mkdir()
+        env["SAVE_DIR"] = str(mount_point / save_dir.name)
+        command = ["unshare", "-rm", "sh", "-c",
+                   f'mount -t tmpfs -o size={kib}k tmpfs "{mount_point}" && cp -a "{save_dir}" "{env["SAVE_DIR"]}" '
+                   f'&& {" ".join(command)}; status=$?; cp -a "{env["SAVE_DIR"]}" "{copy_back_to}"; exit $status']
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
                           preexec_fn=limit_file_size if file_size_limit is not None else None)
+
+
+def can_mount_a_tmpfs() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                              capture_output=True, timeout=30).returncode == 0
+    except FileNotFoundError:
+        return False
 
 
 def step_of(folder: Path) -> int:
@@ -180,6 +199,49 @@ def test_a_file_size_limit_during_a_save_fails_in_one_line_and_keeps_the_checkpo
     for folder, manifest in manifests.items():  # untouched, and still whole
         assert (folder / MANIFEST).read_bytes() == manifest and manifest_problem(folder) is None
     assert sorted(p.name for p in copy.iterdir() if p.name.startswith("last")) == ["last", "last.prev"]
+
+
+def test_a_full_file_system_during_a_save_fails_in_one_line_and_keeps_the_checkpoints(copy, tiny_setup, tmp_path):
+    """A real full disk: the run's folder on a tmpfs with 1 MiB to spare (a checkpoint needs several), so the save
+    fails with ENOSPC."""
+    if not can_mount_a_tmpfs():
+        pytest.skip("unshare -rm (user and mount namespaces) cannot mount a tmpfs on this machine; the file-size-"
+                    "limit test above covers a write refused for want of room")
+    used_kib = sum(p.stat().st_size for p in copy.rglob("*") if p.is_file()) // 1024
+    back = tmp_path / "back"
+    done = train(tiny_setup, copy, 6, "--resume", save_interval=1, tiny_file_system=(back, used_kib + 1024))
+    on_tmpfs = tmp_path / "tiny_fs" / "run"
+    last, previous = on_tmpfs / "last", previous_of(on_tmpfs / "last")
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "resumed at step 4" in done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert errors[0].startswith(f"finetune: error: checkpoint {last}: writing {last}.tmp failed: the disk is full (")
+    assert errors[0].endswith(f"); last.tmp removed, {last} and {previous} as they were; make room (or raise the "
+                              "limit), then run again with --resume")
+    for name in ("last", "last.prev"):  # as they were on the full file system, and still whole
+        assert (back / name / MANIFEST).read_bytes() == (copy / name / MANIFEST).read_bytes()
+        assert manifest_problem(back / name) is None
+    assert sorted(p.name for p in back.iterdir() if p.name.startswith("last")) == ["last", "last.prev"]
+
+
+def test_a_write_refused_for_want_of_room_is_told_from_other_errors(tmp_path):
+    """The errno where the error keeps one: Python's own writes (OSError), safetensors' writer (its message only,
+    as it raised it for RLIMIT_FSIZE above on best/); any other failure is not a room problem (None: re-raised)."""
+    staging = tmp_path / "last.tmp"
+    staging.mkdir()
+    assert _no_room(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), staging) == "the disk is full"
+    wrapped = RuntimeError("Error while serializing: I/O error: File too large (os error 27)")
+    assert _no_room(wrapped, staging) == "a file-size limit was hit"
+    try:
+        try:
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+        except OSError:
+            raise RuntimeError("basic_ios::clear: iostream error")
+    except RuntimeError as chained:
+        assert _no_room(chained, staging) == "the disk quota is used up"
+    assert _no_room(PermissionError(errno.EACCES, os.strerror(errno.EACCES)), staging) is None
+    assert _no_room(KeyError("engine"), staging) is None
 
 
 # ------------------------------------------------------------------------------------------- data shards

@@ -5,7 +5,8 @@ The t5-scripts call it through ``launch_training`` in ``t5-scripts/common.sh``, 
 ``--help`` lists every flag (see :mod:`minillm.engine.config`).
 
 Exit status: 0 trained; 2 bad input (one line naming the flag or file); 3 stopped by ``--max-nonfinite-steps``
-non-finite steps in a row (:mod:`minillm.engine.nonfinite`; last/ keeps the last periodic checkpoint).
+non-finite steps in a row (:mod:`minillm.engine.nonfinite`; last/ keeps the last periodic checkpoint); 4 a
+collective failed because another rank was lost (the line names it: :mod:`minillm.engine.distributed`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import os
 import sys
 
 from .engine.config import parse_config
-from .engine.distributed import barrier
+from .engine.distributed import barrier, lost_rank_report, stop_heartbeat
 from .engine.nonfinite import NonFiniteSteps
 
 
 def main(argv=None) -> int:
     config = parse_config(argv)
+    group_broken = False
     try:
         config.validate()
         from .engine.trainer import train
@@ -36,13 +38,21 @@ def main(argv=None) -> int:
         if os.environ.get("RANK", "0") == "0":
             print(f"finetune: error: {e}", file=sys.stderr)
         return 3
+    except RuntimeError as e:  # gloo's failed collectives are RuntimeErrors, NCCL's DistBackendError one too
+        report = lost_rank_report(e)
+        if report is None:
+            raise
+        print(f"finetune: error: {report}", file=sys.stderr)
+        group_broken = True
+        return 4
     finally:
-        # Shut the process group down before the interpreter exits, not in the exit-time destructors. DeepSpeed,
-        # which started it, also forgets the groups it derived from it, so that a later run in this process starts
-        # anew.
+        stop_heartbeat()
+        # Shut the process group down before the interpreter exits, not in the exit-time destructors; a group
+        # that lost a rank is left alone (tearing down its connections can wait on the lost peer). DeepSpeed, which
+        # started it, also forgets the groups it derived from it, so that a later run in this process starts anew.
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
+        if dist.is_available() and dist.is_initialized() and not group_broken:
             import deepspeed.comm
 
             deepspeed.comm.destroy_process_group()

@@ -142,6 +142,11 @@ class TrainConfig:
                                      "loss or gradient (each such step is skipped: no update of the weights, the "
                                      "optimizer state or the learning-rate schedule); last/ keeps the last periodic "
                                      "checkpoint")
+    collective_timeout: float = _flag(600.0, "seconds a collective (all-reduce, barrier) waits for the other processes "
+                                      "before it fails, so that a run whose process died or hung stops instead of "
+                                      "hanging; the survivors name the lost rank(s) (gloo: the collective raises; "
+                                      "NCCL: torch's watchdog ends the process, TORCH_NCCL_ASYNC_ERROR_HANDLING "
+                                      "left at its default)")
     # distributed / precision
     deepspeed_config: str = _flag(None, "DeepSpeed JSON (configs/deepspeed/): ZeRO stage, precision, clipping")
     # MiniLLM's recipes split large models with Megatron tensor parallelism; this engine has none, so the two flags
@@ -170,6 +175,8 @@ class TrainConfig:
             problems.append(f"--lr must be > 0 (got {self.lr})")
         if self.max_nonfinite_steps < 1:
             problems.append(f"--max-nonfinite-steps must be >= 1 (got {self.max_nonfinite_steps})")
+        if not self.collective_timeout > 0:
+            problems.append(f"--collective-timeout must be > 0 seconds (got {self.collective_timeout})")
         uses_teacher = self.type in ("kd", "minillm") or (self.type == "seqkd" and self.kd_ratio > 0)
         for name in ("model_path", "tokenizer_path") + (("teacher_model_path",) if uses_teacher else ()):
             value = getattr(self, name)

@@ -238,7 +238,7 @@ def setup(config: TrainConfig) -> Run:
     """Processes, student, objective (and its frozen models), batch source, optimizer and DeepSpeed engine, trainer
     state (resumed from ``last/`` with ``--resume``) and the run log, whose first lines describe the run."""
     console.quiet_libraries()  # before deepspeed is imported (init_distributed) and any model is loaded
-    rank, world_size, local_rank = init_distributed()
+    rank, world_size, local_rank = init_distributed(config.collective_timeout)
     device = device_for(local_rank)
     seed_everything(config.seed + rank)  # dropout differs per rank; the data order uses config.seed as is
 

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from minillm import finetune
 from minillm.engine import trainer
 from minillm.engine.clipped_adamw import ClippedAdamW
 from minillm.engine.distributed import free_port
+from minillm.engine.nonfinite import last_backward_scale
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 
@@ -193,3 +195,25 @@ def test_clipped_adamw_leaves_weights_and_moments_on_a_nonfinite_gradient(bad):
     optimizer.step()
     assert not optimizer.overflow and not torch.equal(weight.detach(), kept_weight)
     assert int(optimizer.state_dict()["state"][0]["step"]) == 2
+
+
+def _last_backward_scale_on_two_ranks(rank, rendezvous, folder):
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    one_nan = last_backward_scale(torch.tensor(float("nan") if rank == 1 else 2.5), 0.5)  # rank 1's loss only
+    all_finite = last_backward_scale(torch.tensor(2.5 + rank), 0.5)
+    torch.save({"one_nan": one_nan, "all_finite": all_finite}, Path(folder) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+    os._exit(0)  # as in test_engine: skip finalisation, where gloo's threads can abort the process
+
+
+def test_a_nonfinite_loss_on_one_rank_turns_every_ranks_last_backward_to_nan(tmp_path):
+    """Two gloo processes, rank 1's loss NaN and rank 0's finite: both scale their last backward by NaN (so both
+    gradients are non-finite and both skip) and both count one rank; with finite losses both keep the scale."""
+    torch.multiprocessing.spawn(_last_backward_scale_on_two_ranks, nprocs=2, args=(tmp_path / "rendezvous", tmp_path))
+    for rank in (0, 1):
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        factor, nonfinite_ranks = result["one_nan"]
+        assert math.isnan(float(factor)) and float(nonfinite_ranks) == 1.0, rank
+        factor, nonfinite_ranks = result["all_finite"]
+        assert float(factor) == 0.5 and float(nonfinite_ranks) == 0.0, rank

@@ -163,7 +163,9 @@ def find_checkpoint(folder: Path) -> Path | None:
     """The newest whole checkpoint among ``folder``, the ``.old`` copy a crash mid-swap leaves behind, and the
     previous checkpoint (:func:`previous_of`); None if there is none. Whole: its manifest is there and every file
     matches it (:func:`minillm.folders.manifest_problem`). Candidates skipped are said in one line on stderr, with
-    why and what is resumed instead. Every rank gets rank 0's choice (rank 0 alone reads the files)."""
+    why and what is resumed instead. A ``folder`` skipped for an older checkpoint is moved aside to
+    ``NAME.skipped/`` (kept for inspection): left in place, the next save would keep it as the previous checkpoint
+    and drop the whole one resumed from. Every rank gets rank 0's choice (rank 0 alone reads the files)."""
     choice = [None]
     if not dist.is_initialized() or dist.get_rank() == 0:
         skipped = []
@@ -177,6 +179,11 @@ def find_checkpoint(folder: Path) -> Path | None:
             skipped.append(f"{candidate} ({problem})")
         if skipped:
             outcome = f"resuming from {choice[0]}" if choice[0] else "no whole checkpoint is left"
+            if choice[0] is not None and folder.is_dir():
+                aside = folder.with_name(folder.name + ".skipped")
+                shutil.rmtree(aside, ignore_errors=True)
+                folder.rename(aside)
+                outcome += f" ({folder.name}/ moved to {aside.name}/)"
             print(f"resume: skipped {'; '.join(skipped)}; {outcome}", file=sys.stderr, flush=True)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast_object_list(choice, src=0)

@@ -133,7 +133,10 @@ def test_a_torn_or_corrupted_last_is_skipped_for_the_previous_checkpoint(copy, c
     assert find_checkpoint(last) == previous_of(last)
     line = capsys.readouterr().err.strip()
     assert line.startswith(f"resume: skipped {last} ({problem.format(size=size)}")
-    assert line.endswith(f"; resuming from {previous_of(last)}") and "\n" not in line
+    assert line.endswith(f"; resuming from {previous_of(last)} (last/ moved to last.skipped/)") and "\n" not in line
+    # set aside whole, so that the next save keeps last.prev/ (the whole one) as the previous checkpoint
+    assert not last.exists() and manifest_problem(copy / "last.skipped").startswith(problem.format(size=size))
+    assert sorted(p.name for p in copy.iterdir() if p.name.startswith("last")) == ["last.prev", "last.skipped"]
 
 
 def test_with_every_checkpoint_damaged_nothing_is_resumed(copy, capsys):
@@ -174,9 +177,12 @@ def test_resume_falls_back_to_the_previous_checkpoint_and_says_so(copy, tiny_set
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert (f"resume: skipped {last} ({STATE_FILE} does not match its SHA-256 in the manifest (corrupted; same "
-            f"size)); resuming from {previous_of(last)}") in output
+            f"size)); resuming from {previous_of(last)} (last/ moved to last.skipped/)") in output
     assert "resumed at step 2" in output
-    assert step_of(last) == 6 and manifest_problem(last) is None
+    # saves at steps 4 and 6: the whole checkpoints rotate, the damaged one stays aside
+    assert (step_of(last), step_of(previous_of(last)), step_of(copy / "last.skipped")) == (6, 4, 4)
+    assert manifest_problem(last) is None and manifest_problem(previous_of(last)) is None
+    assert manifest_problem(copy / "last.skipped").startswith(f"{STATE_FILE} does not match")
 
 
 # ------------------------------------------------------------------------------------------- full disk

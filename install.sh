@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Install everything this repository needs into .venv (or into the active environment with USE_ACTIVE_ENV=1).
+# Install everything this repository needs into .venv (or into the active environment with USE_ACTIVE_ENV=1): the
+# pinned requirements, then this checkout as an editable package (pyproject.toml: `import minillm` and the minillm-*
+# commands from any folder, no PYTHONPATH).
 #   bash install.sh
-# Idempotent: a second run on an installed machine only checks a stamp and exits.
+# Idempotent: a second run on an installed machine only checks a stamp and exits. The stamp covers the requirements,
+# pyproject.toml, this script and the checkout's path (an environment installed from another checkout is redone).
 # INSTALL_BENCH=1 also installs requirements-bench.txt (benchmark-only pins, e.g. for tools/bench_sft_throughput.py),
 # INSTALL_DEV=1 requirements-dev.txt (development-only pins: mutmut for tools/mutation_test.sh); an environment
 # installed with them satisfies a later plain run.
 # torch: the machine decides the build (tools/choose_torch_build.py, run with the system python before the venv
-# exists; README.md "Install" has the support matrix). With an NVIDIA GPU it reads the driver's CUDA version and each
+# exists; docs/install.md has the support matrix). With an NVIDIA GPU it reads the driver's CUDA version and each
 # GPU's compute capability from nvidia-smi and takes PyPI's CUDA 13 wheel where it runs, else the cu126 wheel from
 # https://download.pytorch.org/whl/cu126 (V100: CUDA 13 builds have no sm_70; a driver older than CUDA 13), and refuses
 # in one line (exit 3) where no build of torch==$TORCH_VERSION runs (a CUDA 11.x driver). Without a working nvidia-smi
@@ -38,7 +41,8 @@ fi
 
 STAMP_DIR="$("$PY" -c 'import sys; print(sys.prefix)')"
 STAMP="$STAMP_DIR/.minillm-seq2seq-installed"
-WANT="$(cat "$REPO"/requirements{,-bench,-dev}.txt "$REPO/install.sh" | sha256sum | cut -c1-16)-torch$TORCH_VERSION-$TAG"
+WANT="$({ cat "$REPO"/requirements{,-bench,-dev}.txt "$REPO/pyproject.toml" "$REPO/install.sh"; echo "$REPO"; } |
+        sha256sum | cut -c1-16)-torch$TORCH_VERSION-$TAG"
 # The stamp is WANT then "+EXTRA" for each extra this environment holds (bench: requirements-bench.txt, dev:
 # requirements-dev.txt): a run asking for fewer extras than are installed has nothing to do.
 EXTRAS=()
@@ -68,13 +72,27 @@ if [[ "$TAG" != cpu && "$SPEC" != *+* && "$HAVE" == *+* ]]; then "$PY" -m pip un
 # torch is named again on the second line so that no requirement can pull a different torch build.
 "$PY" -m pip install --quiet ${FIRST_INDEX[@]+"${FIRST_INDEX[@]}"} "$SPEC"
 "$PY" -m pip install --quiet ${EXTRA_INDEX[@]+"${EXTRA_INDEX[@]}"} "$SPEC" "${REQUIREMENTS[@]}"
-EXPECT_CUDA="$CUDA" "$PY" - <<'PY'
+# The package itself, its requirements being installed above. The environment's setuptools builds it when it can
+# (setuptools >= 64 builds editable wheels), so no build backend is downloaded; otherwise pip fetches one.
+BUILD_ISOLATION=()
+if "$PY" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 64)' 2>/dev/null; then
+  BUILD_ISOLATION=(--no-build-isolation)
+fi
+"$PY" -m pip install --quiet --no-deps ${BUILD_ISOLATION[@]+"${BUILD_ISOLATION[@]}"} --editable "$REPO"
+# -I: neither the current folder nor PYTHONPATH on sys.path, so `import minillm` finds what the environment installed.
+EXPECT_CUDA="$CUDA" REPO="$REPO" "$PY" -I - <<'PY'
 import os, sys
+from pathlib import Path
 import torch, transformers, deepspeed, google.protobuf, sentencepiece
+import minillm
 print(f"install.sh: torch {torch.__version__} (cuda {torch.version.cuda}), transformers {transformers.__version__}, deepspeed {deepspeed.__version__}")
 want, have = os.environ["EXPECT_CUDA"], torch.version.cuda or "none"
 if want != "-" and have != want and not have.startswith(want + "."):
     sys.exit(f"install.sh: the installed torch {torch.__version__} is built for CUDA {have}, not the CUDA {want} chosen; "
              "a mirror or an earlier install served another build (pip uninstall torch, or set TORCH_INDEX_URL)")
+package = Path(minillm.__file__).resolve().parent
+if package != Path(os.environ["REPO"], "minillm").resolve():
+    sys.exit(f"install.sh: the environment's minillm is {package}, not this checkout's; another copy is installed there "
+             "(pip uninstall minillm-seq2seq, then rerun)")
 PY
 echo "$WANT" > "$STAMP"

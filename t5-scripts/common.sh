@@ -11,11 +11,12 @@ _calling_script="$(cd "$(dirname "${BASH_SOURCE[-1]}")" && pwd)/$(basename "${BA
 # through the environment is not "ignored" by the inner one.
 export MINILLM_OUTER_SCRIPTS="${MINILLM_OUTER_SCRIPTS:+$MINILLM_OUTER_SCRIPTS:}$_calling_script"
 
-# Use the repository's .venv unless the caller runs inside an environment of its own (USE_ACTIVE_ENV=1).
+# Use the repository's .venv unless the caller runs inside an environment of its own (USE_ACTIVE_ENV=1). install.sh
+# installs this checkout there (editable), so `python -m minillm...` and its launchers' workers import it from any
+# folder.
 if [[ "${USE_ACTIVE_ENV:-0}" != "1" && -z "${VIRTUAL_ENV:-}" && -x "$REPO/.venv/bin/python" ]]; then
   source "$REPO/.venv/bin/activate"
 fi
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-true}"
 # VERBOSE=1: the libraries' own output too (DeepSpeed's accelerator detection, transformers' tied-weights warning
 # and weight-loading bars), which the Python entrypoints leave out otherwise (minillm/console.py). Exported, so that

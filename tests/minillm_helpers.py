@@ -2,10 +2,12 @@
 LLaMA, with each family's special ids), a stand-in for DeepSpeed's engine, and running the recipe scripts and
 command lines the way a user does (environment, exit status, JSON-lines output)."""
 
+import importlib.util
 import json
 import math
 import os
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +17,8 @@ from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCaus
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
+from minillm.cli import make_dolly_sample
+from minillm.data.templates import get_instruction_template
 from minillm.models import ModelAdapter
 from minillm.models import adapter_for as family_adapter_for
 from minillm.models.tiny import CAUSAL_SPECIAL_TOKENS
@@ -153,6 +157,17 @@ class Engine(torch.nn.Module):
         return self.module(*args, **kwargs)
 
 
+def load_tool(name: str):
+    """The script tools/<name>.py as module ``name``, loaded once: tools/ is a folder of scripts, not a package, and
+    its scripts import each other by their plain names (the folder of a script is first on its sys.path)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before running it: dataclasses look their module up by name
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def script_env(defaults: dict | None = None, /, **overrides) -> dict[str, str]:
     """This process's environment, then ``defaults``, then ``overrides``, every value as a string: what a recipe
     script or a command line started by a test runs with."""
@@ -186,11 +201,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def write_dolly_sample(folder: Path, rows: int) -> tuple[Path, list[str]]:
-    """The offline Dolly sample (tools/make_dolly_sample.py) of ``rows`` rows as ``folder``/sample.jsonl, and a
+    """The offline Dolly sample (minillm-make-dolly-sample) of ``rows`` rows as ``folder``/sample.jsonl, and a
     tokenizer corpus of its text: the alpaca template with and without an input, and every field of every row."""
-    from minillm.data.templates import get_instruction_template
-    from tools import make_dolly_sample
-
     path = Path(folder) / "sample.jsonl"
     make_dolly_sample.main(["--out", str(path), "--rows", str(rows)])
     template = get_instruction_template("alpaca")

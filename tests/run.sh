@@ -13,6 +13,5 @@ WORKERS="${TEST_WORKERS:-2}"  # 0: no worker processes, the tests run in pytest'
 CORES_EACH=$(( $(nproc) / (WORKERS > 1 ? WORKERS : 1) ))
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=true
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( CORES_EACH > 0 ? CORES_EACH : 1 ))}"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 cd "$REPO"
 exec python -m pytest tests -n "$WORKERS" --dist loadfile "$@"

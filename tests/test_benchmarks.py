@@ -12,8 +12,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import T5Config, T5ForConditionalGeneration
 
-from tools.bench_sft_throughput import forward_flops
-from tools.step_timing import MATMULS, matmul_flops
+from minillm_helpers import load_tool
+
+forward_flops = load_tool("bench_sft_throughput").forward_flops
+step_timing = load_tool("step_timing")
+MATMULS, matmul_flops = step_timing.MATMULS, step_timing.matmul_flops
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +45,7 @@ def test_pinned_closure_pins_installed_versions_and_leaves_out_the_nodes_package
 
     from packaging.utils import canonicalize_name
 
-    from tools.pinned_closure import closure, pinned_closure
+    closure, pinned_closure = load_tool("pinned_closure").closure, load_tool("pinned_closure").pinned_closure
 
     pins = dict(pin.split("==") for pin in pinned_closure(["transformers", "deepspeed"], ["torch"], ["numpy"]))
     # direct and second-level requirements, each at the version installed here

@@ -1,6 +1,6 @@
-"""tools/compare_runs.py: the per-method means and sample standard deviations over runs, the steps and last/ scores
-beside best/, and the paired differences from the SFT student with their 95 % intervals, against hand-computed
-values on small made-up result trees."""
+"""minillm-compare-runs (minillm/cli/compare_runs.py; python tools/compare_runs.py): the per-method means and sample
+standard deviations over runs, the steps and last/ scores beside best/, and the paired differences from the SFT
+student with their 95 % intervals, against hand-computed values on small made-up result trees."""
 
 import json
 import os
@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from tools.compare_runs import (METHODS, confidence_interval, main, mean_and_sd, student_t_cdf,
-                                student_t_quantile)
+from minillm.cli.compare_runs import (METHODS, confidence_interval, main, mean_and_sd, student_t_cdf,
+                                      student_t_quantile)
 
 # overall accuracy per method in two runs; each round is the overall value plus the round's offset; last/ scores
 # one point below best/; best/ from step 500 in the first run and 250 in the second

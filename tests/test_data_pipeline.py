@@ -173,7 +173,7 @@ def good_rows(n=6):
 
 
 def run_cli(tmp_path, raw_dir, *extra, tokenizer=None):
-    from tools.process_data_anli import main
+    from minillm.cli.process_data_anli import main
 
     args = ["--raw-dir", str(raw_dir), "--out-dir", str(tmp_path / "out"), *extra]
     if tokenizer is not None:

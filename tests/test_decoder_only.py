@@ -23,11 +23,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from minillm.cli import process_data_dolly, process_data_pretrain
 from minillm.engine.config import TrainConfig
 from minillm.models.tiny import build_causal_model, model_vocab_size, save_checkpoint, train_causal_tokenizer
-from minillm.objectives.minillm.objective import lm_examples, lm_round
+from minillm.objectives.minillm.batches import lm_examples, lm_round
 from minillm_helpers import read_jsonl, run_ok, write_dolly_sample
-from tools import process_data_dolly, process_data_pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS, DEV_NUM, TEST_NUM = 60, 8, 4

@@ -34,7 +34,7 @@ OPTION_FIELDS = ("accuracy_rank", "accuracy_generate", "unparsed", "unparsed_exa
 
 def run(args):
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
+                          env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
 
 
 @pytest.fixture(scope="module")

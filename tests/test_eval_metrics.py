@@ -4,7 +4,6 @@ KD run whose evaluations carry the option KLs against its teacher."""
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -151,7 +150,7 @@ def test_kd_run_evaluates_the_option_kls_against_its_teacher(tiny_setup, tmp_pat
          "--data-dir", str(tiny_setup["data_dir"]), "--save-dir", str(tmp_path), "--deepspeed-config",
          str(REPO / "configs" / "deepspeed" / "zero0_fp32.json"), "--max-steps", "2", "--batch-size", "8",
          "--eval-max-examples", "4", "--no-eval-generate", "--log-interval", "1"],
-        capture_output=True, text=True, timeout=300, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     evals = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "split" in r]
     assert len(evals) == 1

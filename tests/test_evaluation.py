@@ -392,7 +392,7 @@ def test_write_results_and_table(tmp_path):
 
 def run(args, **env):
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", **env))
+                          env=dict(os.environ, HF_HUB_OFFLINE="1", **env))
 
 
 def test_cli_end_to_end(setup, tmp_path):

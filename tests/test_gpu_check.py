@@ -5,15 +5,14 @@ still run; the peak-FLOPs table and the goal rules."""
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
+from minillm_helpers import load_tool
 
-import gpu_check  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+gpu_check = load_tool("gpu_check")
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 

@@ -26,13 +26,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from minillm.cli import process_data_dolly
 from minillm.engine.trainer import enable_gradient_checkpointing
 from minillm.models import adapter_for, load_model
 from minillm.models.tiny import build_causal_model, build_model, model_vocab_size, save_checkpoint, train_tokenizer
 from minillm.objectives.minillm import MiniLLMObjective
 from minillm.objectives.sft import SFTObjective
 from minillm_helpers import minillm_config, write_dolly_sample
-from tools import process_data_dolly
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 64

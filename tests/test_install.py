@@ -1,21 +1,30 @@
 """install.sh's torch build choice (issue 26): tools/choose_torch_build.py on recorded ``nvidia-smi`` outputs
 (tests/data/nvidia_smi/: the plain table and the ``--query-gpu=name,compute_cap,driver_version --format=csv,noheader``
 csv of each node), the command line install.sh runs, and install.sh itself up to its stamp with a fake nvidia-smi
-(no pip, no network: the refusal exits before the venv, and a matching stamp ends the run)."""
+(no pip, no network: the refusal exits before the venv, and a matching stamp ends the run). Then the package it
+installs (issue 27): editable from this checkout, with its console commands, and beaten by a copy first on sys.path
+as mutation testing needs."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tools.choose_torch_build import (BUILDS, DEFAULT_TORCH_VERSION, Choice, Refusal, choose, has_kernels,
-                                      parse_query, parse_smi)
+from minillm_helpers import load_tool
+
+choose_torch_build = load_tool("choose_torch_build")
+BUILDS, DEFAULT_TORCH_VERSION = choose_torch_build.BUILDS, choose_torch_build.DEFAULT_TORCH_VERSION
+Choice, Refusal, choose = choose_torch_build.Choice, choose_torch_build.Refusal, choose_torch_build.choose
+has_kernels, parse_query, parse_smi = (choose_torch_build.has_kernels, choose_torch_build.parse_query,
+                                       choose_torch_build.parse_smi)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "nvidia_smi"
@@ -212,18 +221,23 @@ def bare_env(tmp_path_factory) -> Path:
     return env
 
 
-def run_install(bare_env: Path, bin_dir: Path) -> subprocess.CompletedProcess:
+INSTALLER_FILES = ("requirements.txt", "requirements-bench.txt", "requirements-dev.txt", "pyproject.toml",
+                   "install.sh")
+
+
+def run_install(bare_env: Path, bin_dir: Path, checkout: Path = REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "USE_ACTIVE_ENV": "1", "PATH": f"{bin_dir}:{bare_env / 'bin'}:{os.environ['PATH']}"}
     for name in ("TORCH_VERSION", "TORCH_INDEX_URL", "INSTALL_BENCH", "INSTALL_DEV", "VIRTUAL_ENV"):
         env.pop(name, None)
-    return subprocess.run(["bash", str(REPO / "install.sh")], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(["bash", str(checkout / "install.sh")], capture_output=True, text=True, env=env,
+                          timeout=120)
 
 
-def stamp_for(tag: str) -> str:
-    files = [REPO / name for name in ("requirements.txt", "requirements-bench.txt", "requirements-dev.txt",
-                                      "install.sh")]
-    digest = hashlib.sha256(b"".join(path.read_bytes() for path in files)).hexdigest()[:16]
-    return f"{digest}-torch{DEFAULT_TORCH_VERSION}-{tag}"
+def stamp_for(tag: str, checkout: Path = REPO) -> str:
+    """What install.sh writes: a digest of its inputs (requirements, pyproject.toml, itself) and of the checkout's
+    path, the torch version and the build's tag."""
+    inputs = b"".join((checkout / name).read_bytes() for name in INSTALLER_FILES) + f"{checkout}\n".encode()
+    return f"{hashlib.sha256(inputs).hexdigest()[:16]}-torch{DEFAULT_TORCH_VERSION}-{tag}"
 
 
 def test_install_sh_refuses_a_cuda11_driver_in_one_line_before_touching_the_environment(bare_env, tmp_path):
@@ -247,3 +261,80 @@ def test_install_sh_stamp_records_the_chosen_build(bare_env, tmp_path, case, tag
     assert done.returncode == 0, done.stderr
     assert f"install.sh: torch build {tag}: " in done.stdout
     assert f"already installed ({stamp_for(tag)})" in done.stdout
+
+
+def test_an_environment_installed_from_another_checkout_is_installed_again(bare_env, tmp_path):
+    """The editable install points at one checkout: the same files in another folder do not match its stamp, so
+    install.sh goes on to install (here it fails at once: the environment has no pip) and leaves the stamp alone."""
+    other = tmp_path / "other_checkout"
+    (other / "tools").mkdir(parents=True)
+    for name in INSTALLER_FILES:
+        shutil.copy(REPO / name, other / name)
+    shutil.copy(TOOL, other / "tools" / TOOL.name)
+    fake_nvidia_smi(tmp_path / "bin", "failing_no_driver")
+    stamp = bare_env / ".minillm-seq2seq-installed"
+    stamp.write_text(stamp_for("cpu") + "\n")
+    try:
+        done = run_install(bare_env, tmp_path / "bin", checkout=other)
+        assert stamp.read_text() == stamp_for("cpu") + "\n"
+    finally:
+        stamp.unlink()
+    assert stamp_for("cpu", other) != stamp_for("cpu")
+    assert done.returncode != 0 and "already installed" not in done.stdout
+    assert "install.sh: installing torch==" in done.stdout
+
+
+# pyproject.toml's [project.scripts]: training, evaluation, SeqKD generation, data processing and reports.
+COMMANDS = {
+    "minillm-train": "minillm.finetune:main",
+    "minillm-evaluate": "minillm.evaluate:main",
+    "minillm-generate-seqkd": "minillm.generate_seqkd:main",
+    "minillm-process-anli": "minillm.cli.process_data_anli:main",
+    "minillm-process-dolly": "minillm.cli.process_data_dolly:main",
+    "minillm-process-pretrain": "minillm.cli.process_data_pretrain:main",
+    "minillm-process-seqkd": "minillm.cli.process_pseudo_data_seqkd:main",
+    "minillm-make-dolly-sample": "minillm.cli.make_dolly_sample:main",
+    "minillm-make-synthetic-nli": "minillm.cli.make_synthetic_nli:main",
+    "minillm-make-tiny-models": "minillm.cli.make_tiny_models:main",
+    "minillm-compare-runs": "minillm.cli.compare_runs:main",
+    "minillm-report": "minillm.cli.report:main",
+}
+
+
+def test_the_package_is_installed_editable_from_this_checkout_with_its_commands(tmp_path):
+    """``pip install -e .`` (install.sh): from another folder and without PYTHONPATH, ``import minillm`` is this
+    checkout's, and every console command of pyproject.toml is installed beside the interpreter and loads."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    found = subprocess.run([sys.executable, "-c", "import minillm; print(minillm.__file__)"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, found.stderr
+    assert Path(found.stdout.strip()) == REPO / "minillm" / "__init__.py"
+    installed = {entry.name: entry for entry in importlib.metadata.entry_points(group="console_scripts")
+                 if entry.name.startswith("minillm-")}
+    assert {name: entry.value for name, entry in installed.items()} == COMMANDS
+    for name, entry in installed.items():
+        assert callable(entry.load()), name
+        assert (Path(sys.executable).parent / name).is_file(), name
+
+
+def test_a_console_command_runs_from_any_folder(tmp_path):
+    out = tmp_path / "sample.jsonl"
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    done = subprocess.run([str(Path(sys.executable).parent / "minillm-make-dolly-sample"), "--out", str(out),
+                           "--rows", "3"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"make_dolly_sample: 3 rows -> {out}\n"
+    assert len(out.read_text().splitlines()) == 3
+
+
+def test_a_copy_first_on_sys_path_wins_over_the_editable_install(tmp_path):
+    """What mutation testing relies on (docs/mutation.md): mutmut runs the tests in mutants/ with its mutated copy of
+    minillm first on sys.path and PYTHONPATH unset; the editable install must not shadow that copy."""
+    shutil.copytree(REPO / "minillm", tmp_path / "minillm", ignore=shutil.ignore_patterns("__pycache__"))
+    with (tmp_path / "minillm" / "losses.py").open("a") as losses:
+        losses.write("\nMUTATED_COPY = True\n")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", "import minillm.losses as m; print(m.__file__, m.MUTATED_COPY)"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(tmp_path / "minillm" / "losses.py"), "True"]

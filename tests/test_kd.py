@@ -2,7 +2,6 @@
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,7 +115,7 @@ def test_kd_without_teacher_is_refused(tiny_setup, tmp_path):
         [sys.executable, "-m", "minillm.finetune", "--type", "kd", "--model-path",
          str(tiny_setup["models"] / "tiny-student"), "--data-dir", str(tiny_setup["data_dir"]), "--save-dir",
          str(tmp_path), "--deepspeed-config", str(CONFIGS / "zero0_fp32.json"), "--kd-ratio", "1.5"],
-        capture_output=True, text=True, timeout=120, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode != 0
     assert "--type kd needs --teacher-model-path" in done.stderr and "--kd-ratio must be in [0, 1]" in done.stderr
 

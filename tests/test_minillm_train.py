@@ -2,7 +2,6 @@
 sharding and refusals; learning is checked by test_distillation_learns.py)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,7 +75,7 @@ def test_bad_minillm_settings_are_refused_in_one_message(tiny_setup, tmp_path):
          str(tiny_setup["models"] / "tiny-student"), "--data-dir", str(tiny_setup["data_dir"]), "--save-dir",
          str(tmp_path), "--deepspeed-config", str(CONFIGS / "zero0_fp32.json"), "--teacher-mixed-alpha", "1",
          "--ppo-epochs", "0", "--lm-data-dir", str(tmp_path / "nowhere")],
-        capture_output=True, text=True, timeout=120, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 2
     for message in ("--type minillm needs --teacher-model-path", "--type minillm needs --max-steps",
                     "--ppo-epochs must be >= 1", "--teacher-mixed-alpha must be in [0, 1)",

@@ -13,18 +13,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from minillm_helpers import load_tool
+
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("plan_memory", REPO / "tools" / "plan_memory.py")
-pm = importlib.util.module_from_spec(_spec)
-sys.modules["plan_memory"] = pm  # dataclasses look their module up
-_spec.loader.exec_module(pm)
+pm = load_tool("plan_memory")
 
 TINY = {
     "t5": dict(model_type="t5", vocab_size=512, d_model=64, d_ff=160, d_kv=16, num_heads=4, num_layers=2,

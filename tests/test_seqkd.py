@@ -2,7 +2,6 @@
 and --type seqkd, through the scripts under t5-scripts/."""
 
 import json
-import os
 import subprocess
 import sys
 from argparse import Namespace
@@ -106,7 +105,7 @@ def test_generation_refuses_greedy_with_several_samples(tiny_setup, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "minillm.generate_seqkd", "--model-path", str(tiny_setup["models"] / "tiny-teacher"),
          "--data-dir", str(tiny_setup["data_dir"]), "--out-dir", str(tmp_path / "gen"), "--num-samples", "3"],
-        capture_output=True, text=True, timeout=120, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 2 and "--num-samples 3 needs --decoding sample" in done.stderr
     assert not (tmp_path / "gen").exists()
 
@@ -114,7 +113,7 @@ def test_generation_refuses_greedy_with_several_samples(tiny_setup, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "minillm.generate_seqkd", "--model-path", str(tiny_setup["models"] / "tiny-teacher"),
          "--data-dir", str(tiny_setup["data_dir"]), "--out-dir", str(tmp_path / "a_file")],
-        capture_output=True, text=True, timeout=120, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 2 and "a_file: exists and is not a folder" in done.stderr
     assert "Traceback" not in done.stderr and "generate (process 0)" not in done.stderr
 
@@ -156,7 +155,7 @@ def test_bad_generated_data_is_refused_in_one_line_and_leaves_output_intact(tiny
     tokenizer are refused, and a refused run leaves the previous output as it was."""
     import shutil
 
-    from tools.process_pseudo_data_seqkd import main
+    from minillm.cli.process_pseudo_data_seqkd import main
 
     out = tmp_path / "out"
     shutil.copytree(pseudo, out)
@@ -206,7 +205,7 @@ def finetune(tiny_setup, data_dir, save_dir, *flags) -> subprocess.CompletedProc
          "--data-dir", str(data_dir), "--save-dir", str(save_dir), "--deepspeed-config",
          str(CONFIGS / "zero0_fp32.json"), "--max-steps", "3", "--batch-size", "8", "--eval-max-examples", "10",
          "--no-eval-generate", "--log-interval", "1", *flags],
-        capture_output=True, text=True, timeout=300, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
 def test_seqkd_refuses_gold_training_targets(tiny_setup, tmp_path):

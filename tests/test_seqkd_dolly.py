@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from minillm.cli import process_data_dolly, process_pseudo_data_seqkd
 from minillm.data.indexed_dataset import ShardedIndexedDataset, split_prompt_target
 from minillm.data.seq2seq import Seq2SeqExamples
 from minillm.generate_seqkd import resolve_rounds
@@ -18,7 +19,6 @@ from minillm.models import adapter_for
 from minillm.models.tiny import (build_causal_model, build_model, model_vocab_size, save_checkpoint,
                                  train_causal_tokenizer, train_tokenizer)
 from minillm_helpers import read_jsonl, run_ok, write_dolly_sample
-from tools import process_data_dolly, process_pseudo_data_seqkd
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS, DEV_NUM, TEST_NUM = 60, 10, 10

@@ -62,7 +62,7 @@ def expected_t5_parameters(preset: str, vocab_size: int) -> int:
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    # No PYTHONPATH: the script must find the repository by itself.
+    # No PYTHONPATH, another folder: the script imports the installed package (install.sh: pip install -e .).
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["HF_HUB_OFFLINE"] = "1"
     return subprocess.run([sys.executable, str(CLI), *args], cwd=cwd, env=env, capture_output=True, text=True,

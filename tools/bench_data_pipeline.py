@@ -8,17 +8,14 @@ rounds as 17k / 45k / 108k), against the targets of 10 s and 60 s.
 """
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-
-from minillm.data.process import build_shards, build_text  # noqa: E402
+from minillm.data.process import build_shards, build_text
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SIZES = {"r1": 17_000, "r2": 45_000, "r3": 108_000}

@@ -19,17 +19,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from minillm.models.fused import fuse_elementwise  # noqa: E402
-from minillm.models.tiny import PRESETS, build_model  # noqa: E402
-from bench_sft_throughput import matmul_peak  # noqa: E402
-from step_timing import (DTYPES, MATMULS, add_shape_args, interleaved_medians, matmul_flops,  # noqa: E402
+from minillm.models.fused import fuse_elementwise
+from minillm.models.tiny import PRESETS, build_model
+from bench_sft_throughput import matmul_peak
+from step_timing import (DTYPES, MATMULS, add_shape_args, interleaved_medians, matmul_flops,
                          parse_shape_args, random_batch)
 
 

@@ -19,20 +19,16 @@ extra teacher forward pass; more is overhead of the divergence or of keeping tea
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from minillm.divergences import DIVERGENCES  # noqa: E402
-from minillm.models import Seq2SeqAdapter  # noqa: E402
-from minillm.models.fused import fuse_elementwise  # noqa: E402
-from minillm.models.tiny import PRESETS, build_model  # noqa: E402
-from minillm.objectives import build_objective  # noqa: E402
-from step_timing import DTYPES, add_shape_args, interleaved_medians, parse_shape_args, random_batch  # noqa: E402
+from minillm.divergences import DIVERGENCES
+from minillm.models import Seq2SeqAdapter
+from minillm.models.fused import fuse_elementwise
+from minillm.models.tiny import PRESETS, build_model
+from minillm.objectives import build_objective
+from step_timing import DTYPES, add_shape_args, interleaved_medians, parse_shape_args, random_batch
 
 
 def main(argv=None) -> None:

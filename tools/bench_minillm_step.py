@@ -28,24 +28,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from minillm.engine.gathering import SamplingScope  # noqa: E402
-from minillm.models import Seq2SeqAdapter  # noqa: E402
-from minillm.models.fused import fuse_elementwise  # noqa: E402
-from minillm.models.tiny import PRESETS, build_model  # noqa: E402
-from minillm.objectives import Processes  # noqa: E402
-from minillm.objectives.minillm import objective as minillm_objective  # noqa: E402
-from minillm.objectives.minillm.batches import RolloutBatches  # noqa: E402
-from step_timing import DTYPES, CallTimer  # noqa: E402
+from minillm.engine.gathering import SamplingScope
+from minillm.models import Seq2SeqAdapter
+from minillm.models.fused import fuse_elementwise
+from minillm.models.tiny import PRESETS, build_model
+from minillm.objectives import Processes
+from minillm.objectives.minillm import objective as minillm_objective
+from minillm.objectives.minillm.batches import RolloutBatches
+from step_timing import DTYPES, CallTimer
 
 
 def main(argv=None) -> None:

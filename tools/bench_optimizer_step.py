@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from minillm.engine.clipped_adamw import (ClippedAdamW, clipping_divisor, global_grad_norm,  # noqa: E402
+from minillm.engine.clipped_adamw import (ClippedAdamW, clipping_divisor, global_grad_norm,
                                           set_gradient_divisor)
-from minillm.engine.master_weights import BF16MasterWeightAdamW  # noqa: E402
-from minillm.engine.trainer import parameter_groups  # noqa: E402
-from minillm.models.tiny import PRESETS, build_model  # noqa: E402
-from step_timing import interleaved_medians  # noqa: E402
+from minillm.engine.master_weights import BF16MasterWeightAdamW
+from minillm.engine.trainer import parameter_groups
+from minillm.models.tiny import PRESETS, build_model
+from step_timing import interleaved_medians
 
 SETTINGS = dict(lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
 MAX_NORM = 1.0

@@ -43,7 +43,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 PRECISIONS = ("bf16", "fp32")
 SEED = 42
@@ -290,8 +289,7 @@ def main(argv=None) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     threads = args.threads or len(os.sched_getaffinity(0))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=str(REPO) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""))
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {threads} thread(s)"
     print(f"device: {where}; model {args.preset}, batch {args.batch_size}, {args.steps} steps "
           f"({args.warmup_steps} warm-up steps left out); attention: ours "

@@ -68,8 +68,6 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))  # step_timing: the shared benchmark pieces
 
 TRAINERS = ("ours", "distillation", "gkd")
 LABELS = {"ours": "ours (MiniLLM)", "distillation": "TRL DistillationTrainer", "gkd": "TRL GKDTrainer"}

@@ -67,10 +67,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TOOLS = REPO / "tools"
-for _path in (str(REPO), str(TOOLS)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
 
 # Dense peak TFLOP/s (no sparsity) by precision, matched against torch.cuda.get_device_name() in this order. V100
 # has no bf16: its 16-bit figure is fp16 (not used: bf16 is off there). fp32 is the non-tensor-core rate (torch's
@@ -143,8 +139,7 @@ def free_port() -> int:
 
 def child_env(threads: int) -> dict:
     return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
-                TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-                PYTHONPATH=str(REPO) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""))
+                TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
 
 def card_peak(name: str) -> tuple[str | None, dict | None]:

@@ -38,8 +38,13 @@ if [[ -n "$KIT" ]]; then
   [[ -d "$KIT/anli" ]] && args+=(--anli "$KIT/anli")
   [[ -d "$KIT/tokenizer" ]] && args+=(--tokenizer "$KIT/tokenizer")
   echo "gpu_check.sh: packages from $KIT/wheels ($(ls "$KIT/wheels" | wc -l) wheels) first on PYTHONPATH"
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONPATH="$REPO${SITE:+:$SITE}${PYTHONPATH:+:$PYTHONPATH}"
+# A Python that install.sh has not installed this checkout into (a node's own, with or without a kit) finds it on
+# PYTHONPATH instead.
+if ! (cd / && "$PYTHON" -c "import minillm" > /dev/null 2>&1); then
+  export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+fi
 export PYTHONUNBUFFERED=1
 cd "$REPO"
 timeout --kill-after=5 "${GPU_CHECK_LIMIT_S:-470}" "$PYTHON" "$REPO/tools/gpu_check.py" "${args[@]}" "$@"

@@ -71,7 +71,8 @@ run() {
   SITE="$(mktemp -d)"
   trap 'rm -rf "$SITE"' EXIT
   "$python" -m pip install --quiet --no-index --no-deps --no-compile --target "$SITE" "$kit"/wheels/*.whl
-  PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" "$python" "$REPO/tools/bench_sft_throughput.py" \
+  # The node has not run install.sh: the checkout goes on PYTHONPATH with the kit's packages.
+  PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}" "$python" "$REPO/tools/bench_sft_throughput.py" \
     --anli "$kit/anli" --tokenizer "$kit/tokenizer" "$@"
 }
 

@@ -16,11 +16,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from minillm.data.seq2seq import Seq2SeqExamples, read_meta  # noqa: E402
-from minillm.engine.padding import padding_fraction  # noqa: E402
-from minillm.engine.config import TrainConfig  # noqa: E402
+from minillm.data.seq2seq import Seq2SeqExamples, read_meta
+from minillm.engine.padding import padding_fraction
+from minillm.engine.config import TrainConfig
 
 TRAINER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 SIZE_FLAGS = ("batch_size", "grad_acc", "processes", "bucket_window", "epochs", "max_prompt_length",

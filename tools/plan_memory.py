@@ -439,7 +439,6 @@ def _entrypoint(argv: list[str]) -> tuple[str, list[str], int, int]:
 
 
 def recipe_from_command(command: str, gpus_per_node: int = 8, source: str = "") -> Recipe:
-    sys.path.insert(0, str(REPO))
     from minillm.engine.config import parse_config
 
     module, flags, per_node, nodes = _entrypoint(shlex.split(command))

@@ -21,7 +21,7 @@ TARGET="${TARGET:-label}"
 OUT_DIR="${OUT_DIR:-$BASE/processed_data/anli/${TEMPLATE}-${TARGET}}"
 if [[ -n "${RAW_DIR:-}" ]]; then RAW_ARGS=(--raw-dir "$RAW_DIR"); else RAW_ARGS=(--download-dir "$BASE/data/anli"); fi
 
-run_python "$REPO/tools/process_data_anli.py" "${RAW_ARGS[@]}" \
+run_python -m minillm.cli.process_data_anli "${RAW_ARGS[@]}" \
   --out-dir "$OUT_DIR" \
   --tokenizer "${TOKENIZER:-google/flan-t5-base}" \
   --template "$TEMPLATE" --target "$TARGET" \

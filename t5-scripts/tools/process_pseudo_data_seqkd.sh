@@ -11,7 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 exit_with_usage_if_asked "$@"
 BASE="${1:?usage: $0 /PATH/TO/REPO}"
 
-run_python "$REPO/tools/process_pseudo_data_seqkd.py" \
+run_python -m minillm.cli.process_pseudo_data_seqkd \
   --generated-dir "${GEN_DIR:-$BASE/results/anli/seqkd_gen/xl}" \
   --gold-dir "${DATA_DIR:-$BASE/processed_data/anli/flan-label}" \
   --out-dir "${OUT_DIR:-$BASE/processed_data/anli/seqkd-xl}"

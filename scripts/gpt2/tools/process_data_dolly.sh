@@ -23,6 +23,6 @@ BASE="$(cd "${1:-$REPO}" && pwd)"
 raw_args=(--download-dir "$BASE/data/dolly")
 if [[ -n "${RAW_FILE:-}" ]]; then raw_args=(--raw-file "$RAW_FILE"); fi
 
-run_python "$REPO/tools/process_data_dolly.py" "${raw_args[@]}" --out-dir "$OUT_DIR" --tokenizer "$TOKENIZER" \
+run_python -m minillm.cli.process_data_dolly "${raw_args[@]}" --out-dir "$OUT_DIR" --tokenizer "$TOKENIZER" \
   --model-type causal --template "$TEMPLATE" --max-prompt-length "$MAX_PROMPT_LENGTH" --dev-num "$DEV_NUM" \
   --test-num "$TEST_NUM" --stage "$STAGE" --dtype "$DTYPE" --shard-size "$SHARD_SIZE"

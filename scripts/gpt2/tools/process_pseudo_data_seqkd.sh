@@ -16,5 +16,5 @@ BASE="$(cd "${1:-$REPO}" && pwd)"
 
 : "${GEN_DIR:=$BASE/results/gpt2/seqkd_gen/xlarge}" "${DATA_DIR:=$BASE/processed_data/dolly/gpt2}"
 : "${OUT_DIR:=$BASE/processed_data/dolly/seqkd-gpt2-xlarge}"
-run_python "$REPO/tools/process_pseudo_data_seqkd.py" --generated-dir "$GEN_DIR" --gold-dir "$DATA_DIR" \
+run_python -m minillm.cli.process_pseudo_data_seqkd --generated-dir "$GEN_DIR" --gold-dir "$DATA_DIR" \
   --out-dir "$OUT_DIR"

@@ -26,6 +26,6 @@ BASE="$(cd "${1:-$REPO}" && pwd)"
 source_args=(--corpus-dir "${CORPUS_DIR:-$BASE/data/roberta}")
 if [[ -n "${HF_DATASET:-}" ]]; then source_args=(--hf-dataset "$HF_DATASET"); fi
 
-run_python "$REPO/tools/process_data_pretrain.py" "${source_args[@]}" --out-dir "$OUT_DIR" --tokenizer "$TOKENIZER" \
+run_python -m minillm.cli.process_data_pretrain "${source_args[@]}" --out-dir "$OUT_DIR" --tokenizer "$TOKENIZER" \
   --model-type causal --max-length "$MAX_LENGTH" --dev-num "$DEV_NUM" --train-num "$TRAIN_NUM" --dtype "$DTYPE" \
   --shard-size "$SHARD_SIZE"

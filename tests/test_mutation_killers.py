@@ -3,6 +3,7 @@ minillm/rollouts.py, minillm/policy_gradient.py and minillm/objectives/minillm.p
 mutants it kills (file, function and mutation; docs/mutation.md gives mutmut's names) and what it checks; the
 expectations are hand-computed or, for the objective's wiring, the functions it is meant to call."""
 
+import contextlib
 import dataclasses
 import math
 from types import SimpleNamespace
@@ -11,6 +12,7 @@ import torch
 
 from minillm.losses import token_cross_entropy
 from minillm.models.base import IGNORE_INDEX
+from minillm.objectives.base import Processes
 from minillm.objectives.minillm import MiniLLMObjective
 from minillm.objectives.minillm.policy_gradient import k3_reverse_kl, masked_whiten, returns, token_rewards
 from minillm.objectives.minillm.rollouts import Rollouts, SamplingSettings, ban, keep_set, sample_rollouts
@@ -286,3 +288,78 @@ def test_loss_adds_the_single_step_term_and_the_lm_term():
         torch.testing.assert_close(output.loss_sum, pg + single + 0.5 * lm, atol=1e-5, rtol=1e-6)
         torch.testing.assert_close(output.metrics["lm"], lm, atol=1e-5, rtol=1e-6)
         assert set(output.metrics) == {"pg", "single", "clip_frac", "lm"}
+
+
+class RecordingScope:
+    """The engine's sampling scope, recording whether the sampling ran inside ``gathered()``."""
+
+    def __init__(self):
+        self.inside = False
+        self.all_done = object()
+
+    @contextlib.contextmanager
+    def gathered(self):
+        self.inside = True
+        yield
+        self.inside = False
+
+
+def test_extra_evaluation_averages_every_process_s_sums_per_sequence(monkeypatch):
+    """objectives/minillm/objective.py, MiniLLMObjective.extra_evaluation: the prompts of this rank (its rank and the
+    process count passed on), batched by --chunk-size with the adapter's pad on the process's device, sampled inside
+    the sampling scope with its stopping rule, in eval mode with a generator seeded by --seed, the model's mode given
+    back; the sums added over processes (a second process's, here) and divided by the sequence count."""
+    import minillm.objectives.minillm.objective as module
+
+    config = minillm_config(seed=7, chunk_size=5)
+    objective = MiniLLMObjective(config, SimpleNamespace(pad_token_id=PAD, banned_ids=(PAD,)), lambda path: "T")
+    scope = RecordingScope()
+    processes = Processes(rank=1, world_size=3, device=torch.device("cpu"), sampling=scope)
+    model = torch.nn.Linear(2, 2)
+    calls = {}
+    monkeypatch.setattr(module, "evaluation_prompts", lambda *args: calls.setdefault("prompts", args) and ["p"])
+    monkeypatch.setattr(module, "prompt_batches", lambda *args: calls.setdefault("batches", args) and ["b"])
+
+    def other_process(values, device):
+        calls["reduce_device"] = device
+        return [v + other for v, other in zip(values, (1.0, 2.0, 2.0, 4.0))]  # rev_kl, reward, sequences, student_length
+
+    monkeypatch.setattr(module, "all_reduce_sum", other_process)
+
+    def metrics(model_, batches, generator, all_done):
+        calls["metrics"] = (model_, batches, generator.initial_seed(), all_done, model_.training, scope.inside)
+        return {"student_length": 11.0, "reward": -3.0, "rev_kl": 5.0, "sequences": 0.0}
+
+    objective.evaluation_metrics = metrics
+    figures = objective.extra_evaluation(model, config, processes)
+    assert calls["prompts"] == (config, 1, 3)
+    assert calls["batches"] == (["p"], 5, PAD, torch.device("cpu"))
+    assert calls["metrics"] == (model, ["b"], 7, scope.all_done, False, True)
+    assert model.training and not scope.inside and calls["reduce_device"] == torch.device("cpu")
+    assert figures == {"rev_kl": 6.0 / 2.0, "reward": -1.0 / 2.0, "sequences": 2, "student_length": 15.0 / 2.0}
+    model.eval()
+    objective.extra_evaluation(model, config, processes)
+    assert not model.training  # a model in eval mode stays in it
+
+
+def test_extra_evaluation_of_no_sequence_divides_by_one(monkeypatch):
+    """MiniLLMObjective.extra_evaluation: ``max(sequences, 1.0)`` (mutated to 2.0 or min): no sampled sequence anywhere
+    gives the sums themselves, not a division by zero."""
+    import minillm.objectives.minillm.objective as module
+
+    config = minillm_config(seed=0, chunk_size=1)
+    objective = MiniLLMObjective(config, SimpleNamespace(pad_token_id=PAD, banned_ids=(PAD,)), lambda path: "T")
+    monkeypatch.setattr(module, "evaluation_prompts", lambda *args: [])
+    monkeypatch.setattr(module, "prompt_batches", lambda *args: [])
+    objective.evaluation_metrics = lambda *args: {"rev_kl": 0.5, "reward": 0.25, "student_length": 0.0,
+                                                  "sequences": 0.0}
+    figures = objective.extra_evaluation(torch.nn.Linear(1, 1), config,
+                                         Processes(0, 1, torch.device("cpu"), RecordingScope()))
+    assert figures == {"rev_kl": 0.5, "reward": 0.25, "student_length": 0.0, "sequences": 0}
+
+
+def test_extra_summary_gives_the_reverse_kl_and_the_length():
+    """MiniLLMObjective.extra_summary: the clause of the evaluation line (names, separators, digits)."""
+    objective = MiniLLMObjective(minillm_config(), SimpleNamespace(pad_token_id=PAD, banned_ids=(PAD,)),
+                                 lambda path: "T")
+    assert objective.extra_summary({"rev_kl": 0.12345, "student_length": 4.5}) == "rev_kl 0.123, len 4.50"

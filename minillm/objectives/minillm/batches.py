@@ -1,4 +1,6 @@
-"""MiniLLM's batch source: micro-batches of stored on-policy rollouts, collected with the current student."""
+"""MiniLLM's data: the batch source (micro-batches of stored on-policy rollouts, collected with the current student),
+the gold pairs of its LM term and the prompts of its sampled evaluation. The objective (objective.py) reads no
+files."""
 
 from __future__ import annotations
 
@@ -8,11 +10,64 @@ import numpy as np
 import torch
 
 from ...console import progress, with_progress
-from ...engine.batches import SupervisedBatches, prompt_batches
+from ...data.seq2seq import Seq2SeqExamples, read_meta
+from ...engine.batches import Prompts, SupervisedBatches, prompt_batches
 from ...engine.distributed import all_reduce_sum, all_reduce_sum_
 from .rollouts import Rollouts
 
 ROLLOUT_PROGRESS_DELAY = 5.0  # seconds
+
+
+def lm_round(lm_data_dir, train_round: str) -> str:
+    """The round of ``--lm-data-dir`` the LM term reads, from its meta.json's ``rounds``: the folder's only round (a
+    plain-text corpus holds round ``pretrain`` whatever the task's round is), else ``train_round`` when the folder
+    has it (gold pairs of the task's own data) or lists no rounds (ANLI folders made before they were listed); a
+    one-line ValueError otherwise."""
+    rounds = read_meta(lm_data_dir).get("rounds")
+    if rounds is not None and len(rounds) == 1:
+        return rounds[0]
+    if rounds is None or train_round in rounds:
+        return train_round
+    raise ValueError(f"--lm-data-dir {lm_data_dir}: rounds {', '.join(rounds) or 'none'} in its meta.json, not "
+                     f"--train-round {train_round}; point it at a folder of one round or one holding {train_round}")
+
+
+def lm_examples(config) -> Seq2SeqExamples:
+    """The LM term's training pairs. A plain-text corpus (meta.json task ``pretrain``) was cut into chunks of the
+    length it is meant to be trained at (MiniLLM: 512 tokens), so its pairs are kept whole; gold pairs of a task are
+    cut like the task's (``--max-prompt-length``, ``--max-target-length``)."""
+    meta = read_meta(config.lm_data_dir)
+    round_name = lm_round(config.lm_data_dir, config.train_round)
+    max_prompt_length, max_target_length = config.max_prompt_length, config.max_target_length
+    if meta.get("task") == "pretrain":
+        longest = meta["splits"][f"{round_name}/train"]
+        max_prompt_length = max(max_prompt_length, longest["max_prompt_tokens"])
+        max_target_length = max(max_target_length, longest["max_target_tokens"])
+    return Seq2SeqExamples(config.lm_data_dir, round_name, "train", max_prompt_length, max_target_length)
+
+
+def rollout_batches(objective, model, config, processes) -> "RolloutBatches":
+    """Rollouts sampled from the prompts of ``--prompt-data-dir`` (default ``--data-dir``), with gold pairs of
+    ``--lm-data-dir`` for the LM term when it is given."""
+    prompts = Prompts(config.prompt_data_dir or config.data_dir, config.train_round, "train", config.max_prompt_length)
+    lm = None
+    if config.lm_data_dir is not None:
+        lm = SupervisedBatches(lm_examples(config), config.batch_size, config.grad_acc, processes.rank,
+                               processes.world_size, config.seed, config.bucket_window, objective.adapter.pad_token_id)
+        if lm.steps_per_epoch == 0:
+            raise ValueError(f"--lm-data-dir {config.lm_data_dir}: {len(lm.examples)} training examples in round "
+                             f"{lm.examples.round_name}, fewer than one global batch ({lm.global_batch_size})")
+    return RolloutBatches(objective, model, prompts, lm, config, processes)
+
+
+def evaluation_prompts(config, rank: int, world_size: int) -> list[dict]:
+    """This rank's share of the sampled evaluation's prompts: the first --eval-max-examples of each of
+    --eval-rounds' --eval-split, cut to a multiple of the process count so that every rank samples as many."""
+    prompts = []
+    for round_name in config.eval_rounds:
+        shard = Prompts(config.data_dir, round_name, config.eval_split, config.max_prompt_length)
+        prompts += [shard[i] for i in range(min(len(shard), config.eval_max_examples or len(shard)))]
+    return prompts[: len(prompts) // world_size * world_size][rank::world_size]
 
 
 class RolloutBatches:

@@ -58,44 +58,15 @@ import dataclasses
 
 import torch
 
-from ...data.seq2seq import Seq2SeqExamples, read_meta
 from ...divergences import coarsen, reverse_kl
-from ...engine.batches import Prompts, SupervisedBatches, prompt_batches
+from ...engine.batches import prompt_batches
 from ...engine.distributed import all_reduce_sum
 from ...faults import kill_point
 from ...losses import token_cross_entropy
 from ..base import Objective, ObjectiveOutput, Processes
-from .batches import RolloutBatches
+from .batches import RolloutBatches, evaluation_prompts, rollout_batches
 from .policy_gradient import k3_reverse_kl, masked_whiten, ppo_token_losses, returns, token_rewards
 from .rollouts import Rollouts, SamplingSettings, policy_log_probs, sample_rollouts
-
-
-def lm_round(lm_data_dir, train_round: str) -> str:
-    """The round of ``--lm-data-dir`` the LM term reads, from its meta.json's ``rounds``: the folder's only round (a
-    plain-text corpus holds round ``pretrain`` whatever the task's round is), else ``train_round`` when the folder
-    has it (gold pairs of the task's own data) or lists no rounds (ANLI folders made before they were listed); a
-    one-line ValueError otherwise."""
-    rounds = read_meta(lm_data_dir).get("rounds")
-    if rounds is not None and len(rounds) == 1:
-        return rounds[0]
-    if rounds is None or train_round in rounds:
-        return train_round
-    raise ValueError(f"--lm-data-dir {lm_data_dir}: rounds {', '.join(rounds) or 'none'} in its meta.json, not "
-                     f"--train-round {train_round}; point it at a folder of one round or one holding {train_round}")
-
-
-def lm_examples(config) -> Seq2SeqExamples:
-    """The LM term's training pairs. A plain-text corpus (meta.json task ``pretrain``) was cut into chunks of the
-    length it is meant to be trained at (MiniLLM: 512 tokens), so its pairs are kept whole; gold pairs of a task are
-    cut like the task's (``--max-prompt-length``, ``--max-target-length``)."""
-    meta = read_meta(config.lm_data_dir)
-    round_name = lm_round(config.lm_data_dir, config.train_round)
-    max_prompt_length, max_target_length = config.max_prompt_length, config.max_target_length
-    if meta.get("task") == "pretrain":
-        longest = meta["splits"][f"{round_name}/train"]
-        max_prompt_length = max(max_prompt_length, longest["max_prompt_tokens"])
-        max_target_length = max(max_target_length, longest["max_target_tokens"])
-    return Seq2SeqExamples(config.lm_data_dir, round_name, "train", max_prompt_length, max_target_length)
 
 
 class MiniLLMObjective(Objective):
@@ -117,18 +88,7 @@ class MiniLLMObjective(Objective):
     # -------------------------------------------------------------------------------------- training data
 
     def batch_source(self, model, config, processes: Processes) -> RolloutBatches:
-        """Rollouts sampled from the prompts of ``--prompt-data-dir`` (default ``--data-dir``), with gold pairs of
-        ``--lm-data-dir`` for the LM term when it is given."""
-        prompts = Prompts(config.prompt_data_dir or config.data_dir, config.train_round, "train",
-                          config.max_prompt_length)
-        lm = None
-        if config.lm_data_dir is not None:
-            lm = SupervisedBatches(lm_examples(config), config.batch_size, config.grad_acc, processes.rank,
-                                   processes.world_size, config.seed, config.bucket_window, self.adapter.pad_token_id)
-            if lm.steps_per_epoch == 0:
-                raise ValueError(f"--lm-data-dir {config.lm_data_dir}: {len(lm.examples)} training examples in round "
-                                 f"{lm.examples.round_name}, fewer than one global batch ({lm.global_batch_size})")
-        return RolloutBatches(self, model, prompts, lm, config, processes)
+        return rollout_batches(self, model, config, processes)
 
     # -------------------------------------------------------------------------------------- rollout collection
 
@@ -225,12 +185,7 @@ class MiniLLMObjective(Objective):
         first --eval-max-examples of each round, cut to a multiple of the process count so that every rank samples
         as many batches), summed over ranks and averaged per sequence. The same prompts and draws each time (the
         generator is seeded with --seed); the model is sampled in eval mode and returned to its mode."""
-        prompts = []
-        for round_name in config.eval_rounds:
-            shard = Prompts(config.data_dir, round_name, config.eval_split, config.max_prompt_length)
-            prompts += [shard[i] for i in range(min(len(shard), config.eval_max_examples or len(shard)))]
-        mine = prompts[: len(prompts) // processes.world_size * processes.world_size][
-            processes.rank::processes.world_size]
+        mine = evaluation_prompts(config, processes.rank, processes.world_size)
         generator = torch.Generator(device=processes.device).manual_seed(config.seed)
         was_training = model.training
         model.eval()
@@ -241,8 +196,8 @@ class MiniLLMObjective(Objective):
         model.train(was_training)
         names = sorted(sums)
         totals = dict(zip(names, all_reduce_sum([sums[k] for k in names], processes.device)))
-        sequences = max(totals.pop("sequences"), 1.0)
-        return {**{k: v / sequences for k, v in totals.items()}, "sequences": int(sequences)}
+        sequences = totals.pop("sequences")
+        return {**{k: v / max(sequences, 1.0) for k, v in totals.items()}, "sequences": int(sequences)}
 
     def extra_summary(self, figures: dict) -> str:
         return f"rev_kl {figures['rev_kl']:.3f}, len {figures['student_length']:.2f}"

@@ -144,9 +144,9 @@ class TrainConfig:
                                      "checkpoint")
     collective_timeout: float = _flag(600.0, "seconds a collective (all-reduce, barrier) waits for the other processes "
                                       "before it fails, so that a run whose process died or hung stops instead of "
-                                      "hanging; the survivors name the lost rank(s) (gloo: the collective raises; "
-                                      "NCCL: torch's watchdog ends the process, TORCH_NCCL_ASYNC_ERROR_HANDLING "
-                                      "left at its default)")
+                                      "hanging: with gloo the collective raises and the survivors name the lost "
+                                      "rank(s); with NCCL torch's watchdog ends the process "
+                                      "(TORCH_NCCL_ASYNC_ERROR_HANDLING left at its default)")
     # distributed / precision
     deepspeed_config: str = _flag(None, "DeepSpeed JSON (configs/deepspeed/): ZeRO stage, precision, clipping")
     # MiniLLM's recipes split large models with Megatron tensor parallelism; this engine has none, so the two flags

@@ -95,7 +95,7 @@ def build_optimizer(model, config: TrainConfig, ds_config: dict):
     if clipping_in_trainer(ds_config):  # fp32 without ZeRO
         return ClippedAdamW(groups, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps,
                             max_grad_norm=ds_config["gradient_clipping"])
-    # fused: one kernel over all tensors (CPU and GPU); the default per-tensor loop is ~9x slower on a CPU
+    # fused: one kernel over all tensors (CPU and GPU); the default per-tensor loop is several times slower on a CPU
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps, fused=True)
 
 

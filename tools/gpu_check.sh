@@ -40,9 +40,10 @@ if [[ -n "$KIT" ]]; then
   echo "gpu_check.sh: packages from $KIT/wheels ($(ls "$KIT/wheels" | wc -l) wheels) first on PYTHONPATH"
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
-# A Python that install.sh has not installed this checkout into (a node's own, with or without a kit) finds it on
-# PYTHONPATH instead.
-if ! (cd / && "$PYTHON" -c "import minillm" > /dev/null 2>&1); then
+# A Python that install.sh has not installed this checkout into (a node's own, with or without a kit; one holding
+# another checkout) finds it on PYTHONPATH instead.
+if ! (cd / && "$PYTHON" -c 'import os, sys, minillm; sys.exit(not os.path.samefile(minillm.__file__, sys.argv[1]))' \
+      "$REPO/minillm/__init__.py" > /dev/null 2>&1); then
   export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1

@@ -338,3 +338,15 @@ def test_a_copy_first_on_sys_path_wins_over_the_editable_install(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(tmp_path / "minillm" / "losses.py"), "True"]
+
+
+def test_no_sys_path_edits_or_pythonpath_settings_outside_the_gpu_kit_scripts():
+    """Everything imports the installed package: no file of the package, the tools, the recipes or the tests edits
+    sys.path or sets PYTHONPATH, except the two scripts for GPU nodes that have not run install.sh (the offline kit's
+    wheels, and the checkout itself for a Python that has not installed it)."""
+    pattern = re.compile(r"sys\.path\.(insert|append)|PYTHONPATH([\"']\])?\s*=")
+    allowed = {"tools/gpu_check.sh", "tools/offline_gpu_bench.sh"}
+    found = sorted(str(path.relative_to(REPO)) for folder in ("minillm", "tools", "scripts", "t5-scripts", "tests")
+                   for path in (REPO / folder).rglob("*") if path.suffix in (".py", ".sh")
+                   and "__pycache__" not in path.parts and pattern.search(path.read_text(errors="replace")))
+    assert found == sorted(allowed)

@@ -9,12 +9,10 @@ Bad input ends with one line on stderr and exit status 1; see minillm/data/proce
 """
 
 import argparse
-import shutil
-import sys
 from pathlib import Path
 
 from minillm.data.anli import DataError, detect_layout, download_anli
-from minillm.data.process import MODEL_TYPES, build_shards, build_text, log, staged_text_dir
+from minillm.data.process import MODEL_TYPES, build_shards, build_text, log, output_kept_whole, staged_text_dir
 from minillm.data.templates import TARGET_KINDS, TEMPLATES
 
 
@@ -55,10 +53,7 @@ def resolve_raw_dir(args) -> Path:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    created = not args.out_dir.exists()  # then a failed run removes the folder it made
-    try:
-        if not created and not args.out_dir.is_dir():
-            raise DataError(f"--out-dir {args.out_dir}: exists and is not a folder")
+    with output_kept_whole("process_data_anli", args.out_dir, [staged_text_dir(args.out_dir)]):
         # STAGE=all keeps the new text staged until the shards built from it are done, then publishes both.
         if args.stage in ("all", "text"):
             raw_dir = resolve_raw_dir(args)
@@ -67,10 +62,6 @@ def main(argv=None) -> None:
         if args.stage in ("all", "shards"):
             build_shards(args.out_dir, args.tokenizer, args.max_prompt_length, args.dtype, args.shard_size,
                          args.template, args.target, staged_text=args.stage == "all", model_type=args.model_type)
-    except DataError as err:
-        # the previous output stays as it was
-        shutil.rmtree(args.out_dir if created else staged_text_dir(args.out_dir), ignore_errors=True)
-        sys.exit(f"process_data_anli: error: {err}")
 
 
 if __name__ == "__main__":

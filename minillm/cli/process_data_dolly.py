@@ -11,14 +11,11 @@ see minillm/data/dolly.py for the splits and the output layout.
 """
 
 import argparse
-import shutil
-import sys
 from pathlib import Path
 
-from minillm.data.anli import DataError
 from minillm.data.dolly import (DOWNLOAD_FILE, MINILLM_RAW_FILE, build_dolly_shards, build_dolly_text,
                                 download_dolly, log)
-from minillm.data.process import MODEL_TYPES, staged_text_dir
+from minillm.data.process import MODEL_TYPES, output_kept_whole, staged_text_dir
 from minillm.data.templates import INSTRUCTION_TEMPLATES
 
 
@@ -58,10 +55,8 @@ def resolve_raw_file(args) -> Path:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    created = not args.out_dir.exists()  # then a failed run removes the folder it made
-    try:
-        if not created and not args.out_dir.is_dir():
-            raise DataError(f"--out-dir {args.out_dir}: exists and is not a folder")
+    stagings = [staged_text_dir(args.out_dir), args.out_dir / ".shards.tmp"]
+    with output_kept_whole("process_data_dolly", args.out_dir, stagings):
         # STAGE=all keeps the new text staged until the shards built from it are done, then publishes both.
         if args.stage in ("all", "text"):
             raw_file = resolve_raw_file(args)
@@ -71,11 +66,6 @@ def main(argv=None) -> None:
         if args.stage in ("all", "shards"):
             build_dolly_shards(args.out_dir, args.tokenizer, args.max_prompt_length, args.dtype, args.shard_size,
                                args.model_type, staged_text=args.stage == "all", template_name=args.template)
-    except DataError as err:
-        stagings = [args.out_dir] if created else [staged_text_dir(args.out_dir), args.out_dir / ".shards.tmp"]
-        for staging in stagings:
-            shutil.rmtree(staging, ignore_errors=True)  # the previous output stays as it was
-        sys.exit(f"process_data_dolly: error: {err}")
 
 
 if __name__ == "__main__":

@@ -11,13 +11,10 @@ input ends with one line on stderr and exit status 1; see minillm/data/pretrain.
 """
 
 import argparse
-import shutil
-import sys
 from pathlib import Path
 
-from minillm.data.anli import DataError
 from minillm.data.pretrain import build_pretrain, iter_corpus_documents, iter_hf_documents
-from minillm.data.process import MODEL_TYPES
+from minillm.data.process import MODEL_TYPES, output_kept_whole
 
 
 def parse_args(argv=None):
@@ -47,17 +44,10 @@ def main(argv=None) -> None:
         documents, source = iter_corpus_documents(args.corpus_dir), str(args.corpus_dir)
     else:
         documents, source = iter_hf_documents(args.hf_dataset), f"hf:{args.hf_dataset}"
-    created = not args.out_dir.exists()  # then a failed run removes the folder it made
-    try:
-        if not created and not args.out_dir.is_dir():
-            raise DataError(f"--out-dir {args.out_dir}: exists and is not a folder")
+    with output_kept_whole("process_data_pretrain", args.out_dir, [args.out_dir / ".shards.tmp"]):
         build_pretrain(args.out_dir, args.tokenizer, documents, source, args.max_length, args.dev_num,
                        args.train_num, args.model_type, args.noise_density, args.mean_noise_span_length, args.seed,
                        args.dtype, args.shard_size)
-    except DataError as err:
-        # the previous output stays as it was
-        shutil.rmtree(args.out_dir if created else args.out_dir / ".shards.tmp", ignore_errors=True)
-        sys.exit(f"process_data_pretrain: error: {err}")
 
 
 if __name__ == "__main__":

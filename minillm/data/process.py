@@ -33,9 +33,11 @@ and renames it into place, so an interrupted or failed run never leaves output t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from itertools import chain
@@ -66,6 +68,22 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------- stage: text
+
+@contextlib.contextmanager
+def output_kept_whole(tool: str, out_dir: Path, stagings: list[Path]):
+    """Around a processing tool's stages writing into ``out_dir``: a :class:`DataError` ends the tool with one line
+    (``TOOL: error: ...``, exit status 1) after removing what the failed run made (the whole ``out_dir`` when the run
+    created it, else the staging folders ``stagings``), so that a previous output stays as it was."""
+    created = not out_dir.exists()
+    try:
+        if not created and not out_dir.is_dir():
+            raise DataError(f"--out-dir {out_dir}: exists and is not a folder")
+        yield
+    except DataError as err:
+        for path in [out_dir] if created else stagings:
+            shutil.rmtree(path, ignore_errors=True)
+        sys.exit(f"{tool}: error: {err}")
+
 
 def staged_text_dir(out_dir: Path) -> Path:
     """Where the text stage builds ``text/`` before it is renamed into place."""

@@ -363,3 +363,26 @@ def test_extra_summary_gives_the_reverse_kl_and_the_length():
     objective = MiniLLMObjective(minillm_config(), SimpleNamespace(pad_token_id=PAD, banned_ids=(PAD,)),
                                  lambda path: "T")
     assert objective.extra_summary({"rev_kl": 0.12345, "student_length": 4.5}) == "rev_kl 0.123, len 4.50"
+
+
+def test_batch_source_is_the_rollout_batch_source_of_this_objective(monkeypatch):
+    """MiniLLMObjective.batch_source: the objective, model, config and processes handed on, its result returned."""
+    import minillm.objectives.minillm.objective as module
+
+    objective = MiniLLMObjective(minillm_config(), SimpleNamespace(pad_token_id=PAD, banned_ids=(PAD,)),
+                                 lambda path: "T")
+    monkeypatch.setattr(module, "rollout_batches", lambda *args: ("source", args))
+    assert objective.batch_source("model", "config", "processes") == ("source", (objective, "model", "config",
+                                                                                  "processes"))
+
+
+def test_collect_passes_the_collect_kill_point_once_per_sampling_batch(monkeypatch):
+    """MiniLLMObjective.collect: the fault hook's point is named ``collect`` (tests/faults/test_kill_resume.py kills
+    the process there), reached after each sampling batch."""
+    import minillm.objectives.minillm.objective as module
+
+    reached = []
+    monkeypatch.setattr(module, "kill_point", reached.append)
+    student, _, objective, batches = collect_setup()
+    objective.collect(student, batches + batches, torch.Generator().manual_seed(0))
+    assert reached == ["collect", "collect"]

@@ -3,8 +3,8 @@
 # objectives/minillm/policy_gradient.py, objectives/minillm/objective.py and losses.py against their fast unit tests
 # ([mutmut] in setup.cfg).
 #   bash tools/mutation_test.sh
-# Not part of CI or tests/run.sh. CPU budget: a full run (1239 mutants) took 13.5 to 18.5 min wall time on 2 shared
-# cores (docs/mutation.md): about 20 minutes.
+# Not part of CI or tests/run.sh. CPU budget: a full run (1239 to 1277 mutants) took 13.5 to 24 min wall time on 2
+# shared cores (docs/mutation.md): about 20-25 minutes.
 # Installs requirements-dev.txt into .venv when mutmut is missing (INSTALL_DEV=1 bash install.sh), starts from an empty
 # mutants/ (KEEP_MUTANTS=1 keeps mutmut's results there and retests only what changed), runs one mutmut worker per
 # core (MUTMUT_CHILDREN to change), prints the counts and the kill rate (killed, timeouts included, over all

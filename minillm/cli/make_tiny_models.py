@@ -14,7 +14,7 @@ Usage:
                             fallback).
 
 Writes DIR/{preset}/ for each preset: config.json, model.safetensors and the tokenizer files, loadable with
-AutoModelForSeq2SeqLM (t5) or AutoModelForCausalLM (the others) / AutoTokenizer.from_pretrained. Prints one line per
+minillm.models.load_model / load_tokenizer (or transformers' Auto classes). Prints one line per
 preset: name, parameter count, vocabulary size, path. Presets: PRESETS (t5) and CAUSAL_PRESETS in
 minillm/models/tiny.py.
 """

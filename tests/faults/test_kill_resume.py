@@ -103,6 +103,8 @@ KILLS = [
     # collection 1 (step 4), after its first sampling batch: last/ is at the boundary, with no rollouts
     ("minillm", "collect:3", 4, lambda d, lines: [r["collection"] for r in lines if "collection" in r] == [0]
      and not (d / "last" / "training_state" / "source_rank0.pt").exists()),
+    # last/ of step 6, inside collection 1: its rollouts written into last.tmp, not yet renamed; last/ is step 4's
+    ("minillm", "save:3", 4, lambda d, lines: (d / "last.tmp" / "training_state" / "source_rank0.pt").is_file()),
     # the final evaluation (step 8, the first is at 0): last/ (step 6) holds collection 1's rollouts
     ("minillm", "eval:2", 6, lambda d, lines: [r["step"] for r in lines if "split" in r] == [0]
      and (d / "last" / "training_state" / "source_rank0.pt").is_file()),

@@ -46,6 +46,7 @@ import torch.distributed as dist
 from .console import quiet_libraries
 from .data.anli import ROUNDS
 from .data.seq2seq import read_meta
+from .engine.distributed import stop_heartbeat
 from .engine.gathering import parameters_held, shard_for_inference
 from .evaluation import (DECODING_MODES, Decoding, check_split, evaluate, format_table, read_inference_config,
                          write_results)
@@ -332,6 +333,7 @@ def main(argv=None) -> int:
     try:
         return run(args)
     finally:  # shut the process group down before the interpreter exits, not in the exit-time destructors
+        stop_heartbeat()  # its thread must not be inside a store call while the interpreter tears threads down
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 

@@ -63,7 +63,7 @@ from .data.anli import ROUNDS
 from .data.indexed_dataset import ShardedIndexedDataset
 from .data.process import ALL_ROUNDS
 from .data.seq2seq import collate_prompts, read_meta
-from .engine.distributed import device_for, init_distributed
+from .engine.distributed import device_for, init_distributed, stop_heartbeat
 from .engine.gathering import parameters_held, shard_for_inference
 from .evaluation import parse_answer, read_inference_config
 from .faults import kill_point
@@ -315,6 +315,13 @@ def _write_staging(staging: Path, items, outputs: dict, split: str, meta: dict, 
     return meta
 
 
+def shut_down() -> None:
+    """Before the interpreter exits, not in its exit-time teardown: stop the heartbeat thread (it must not be inside a
+    store call while the interpreter stops threads) and destroy the process group."""
+    stop_heartbeat()
+    dist.destroy_process_group()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     quiet_libraries()  # before deepspeed is imported (init_distributed) and the teacher is loaded
@@ -356,6 +363,7 @@ def main(argv=None) -> int:
         adapter = adapter_for(model, tokenizer)
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"generate_seqkd: error: {e}", file=sys.stderr)
+        shut_down()
         return 2
 
     engine, sharding = None, None
@@ -431,7 +439,7 @@ def main(argv=None) -> int:
         status = written[0]
     if status == 0:
         record.remove()
-    dist.destroy_process_group()  # before the interpreter exits, not in the exit-time destructors
+    shut_down()
     return status
 
 

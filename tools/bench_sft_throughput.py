@@ -81,17 +81,25 @@ def matmul_peak(device: str, threads: int, precision: str) -> float:
 
 # ------------------------------------------------------------------------------------------- 2-3. data, model
 
-def prepare_data(anli: Path, tokenizer: Path, work: Path) -> Path:
-    """R1 dev through the project's pipeline, with R1 dev linked in as train_r1 too. Returns the data folder."""
-    from minillm.data.process import build_shards, build_text
+def dev_as_train_text(dev: Path, work: Path) -> Path:
+    """The text stage of the project's pipeline over one R1 dev parquet file ``dev``, linked in as train_r1 too.
+    Returns the processed folder (``work/processed``), shards not built yet."""
+    from minillm.data.process import build_text
 
-    dev = anli / "plain_text" / "dev_r1-00000-of-00001.parquet"
     raw = work / "raw" / "plain_text"
     raw.mkdir(parents=True)
     for split in ("dev", "train"):
         (raw / f"{split}_r1-00000-of-00001.parquet").symlink_to(dev.resolve())
     out = work / "processed"
     build_text(work / "raw", out, "flan", "label")
+    return out
+
+
+def prepare_data(anli: Path, tokenizer: Path, work: Path) -> Path:
+    """R1 dev through the project's pipeline, with R1 dev linked in as train_r1 too. Returns the data folder."""
+    from minillm.data.process import build_shards
+
+    out = dev_as_train_text(anli / "plain_text" / "dev_r1-00000-of-00001.parquet", work)
     build_shards(out, str(tokenizer))
     return out
 

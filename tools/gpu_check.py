@@ -327,7 +327,8 @@ def part_nccl(cfg: dict, result: dict, result_path: Path) -> None:
 
 def part_data(args, result: dict, result_path: Path) -> None:
     """R1 dev through the project's pipeline (as bench_sft_throughput.prepare_data), from shared/ or synthetic."""
-    from minillm.data.process import build_shards, build_text
+    import bench_sft_throughput as bench
+    from minillm.data.process import build_shards
     from minillm.data.seq2seq import Seq2SeqExamples
 
     work = args.work / "data"
@@ -346,12 +347,7 @@ def part_data(args, result: dict, result_path: Path) -> None:
         tokenizer = None
         result.update(source=f"synthetic NLI ({why}): 999 examples, a 512-piece tokenizer trained on them; prompts "
                       "shorter than ANLI's, so the figures are not the goal's measurement")
-    raw = work / "raw" / "plain_text"
-    raw.mkdir(parents=True)
-    for split in ("dev", "train"):
-        (raw / f"{split}_r1-00000-of-00001.parquet").symlink_to(dev.resolve())
-    out = work / "processed"
-    build_text(work / "raw", out, "flan", "label")
+    out = bench.dev_as_train_text(dev, work)
     if tokenizer is None:
         from minillm.models.tiny import train_tokenizer
 

@@ -311,3 +311,29 @@ def test_load_rejects_a_dropout_override_for_an_unknown_model_type(tmp_path):
     MistralForCausalLM(config).save_pretrained(tmp_path / "mistral")
     with pytest.raises(ValueError, match="no dropout override for model type 'mistral'; known types: gpt2, opt, llama"):
         CausalLMAdapter.load(tmp_path / "mistral", dropout=0.1)
+
+
+@pytest.mark.parametrize("family", CAUSAL_FAMILIES)
+def test_fused_kernels_swap_gpt2_gelu_and_keep_its_outputs(family, checkpoints, models):
+    """``--fused-kernels`` replaces GPT-2's seven-operation ``gelu_new`` by one-kernel tanh GELU (the same function)
+    and its dropout modules by the CPU dropout; OPT and LLaMA have neither and load unchanged. Logits and gradients
+    of a left-padded batch agree with the plain load."""
+    from transformers.activations import NewGELUActivation
+
+    from minillm.models.fused import CPUDropout, TanhGELU
+
+    plain = models[family]["tiny-student"]
+    fused = CausalLMAdapter.load(checkpoints[family]["tiny-student"], fused_kernels=True, device_type="cpu")
+    kinds = lambda model: {type(m) for m in model.modules()}  # noqa: E731
+    if family == "gpt2":
+        assert NewGELUActivation in kinds(plain) and NewGELUActivation not in kinds(fused)
+        assert {TanhGELU, CPUDropout} <= kinds(fused)
+    else:
+        assert kinds(fused) == kinds(plain)
+    batch = {**prompt_batch(family, prompt_rows(family)), "labels": right_padded(label_rows(family), IGNORE_INDEX)}
+    adapter = CausalLMAdapter.for_model(plain)
+    out_plain, out_fused = adapter.logits(plain, batch), adapter.logits(fused, batch)
+    torch.testing.assert_close(out_fused, out_plain, atol=1e-5, rtol=0)
+    grads = [torch.autograd.grad(out.logsumexp(-1).sum(), model.get_input_embeddings().weight)[0]
+             for out, model in ((out_plain, plain), (out_fused, fused))]
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)

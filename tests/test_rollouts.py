@@ -12,7 +12,8 @@ import torch
 from minillm.data.seq2seq import pad_right
 from minillm.models.base import IGNORE_INDEX
 from minillm.objectives.minillm import MiniLLMObjective
-from minillm.objectives.minillm.rollouts import SamplingSettings, ban, policy_log_probs, sample_rollouts
+from minillm.objectives.minillm.rollouts import (SamplingSettings, ban, draw, invert_cdf, policy_log_probs,
+                                                 sample_rollouts)
 from minillm_helpers import (FAMILIES, SPECIAL_IDS, adapter_for, hand_keep, minillm_config, output_words, tiny_causal,
                              tiny_t5)
 
@@ -155,6 +156,33 @@ def first_position_log_dists(pair: Pair, prompt: torch.Tensor) -> tuple[torch.Te
     with torch.no_grad():
         return tuple(torch.log_softmax(ban(adapter_for(m).logits(m, first)[0, 0], pair.banned), -1)
                      for m in pair.models)
+
+
+def test_inversion_draws_the_first_id_whose_cumulative_mass_exceeds_u():
+    """Masses 0, 0.5, 0, 0.25, 0.25, 0 (cumulative 0, .5, .5, .75, 1, 1): u in [0, .5) draws id 1, [.5, .75) id 3,
+    [.75, 1) id 4; zero-mass ids never, not even the last one when u * C_V rounds up to C_V. (The uniforms stay
+    1e-4 from the boundaries: the masses come back from fp32 logarithms.)"""
+    log_probs = torch.tensor([0.0, 0.5, 0.0, 0.25, 0.25, 0.0]).log().expand(8, 6)
+    uniform = torch.tensor([0.0, 0.25, 0.4999, 0.5001, 0.7499, 0.7501, 0.9999, 1 - 2**-53], dtype=torch.float64)
+    assert invert_cdf(log_probs, uniform).tolist() == [1, 1, 1, 3, 3, 4, 4, 4]
+    assert invert_cdf(log_probs[:1], torch.tensor([1.0], dtype=torch.float64)).tolist() == [4]  # u * C_V == C_V
+    unnormalised = torch.tensor([[2.0, 6.0], [1.0, 1.0]]).log()  # masses are normalised by the total C_V
+    assert invert_cdf(unnormalised, torch.tensor([0.2, 0.49], dtype=torch.float64)).tolist() == [0, 0]
+    assert invert_cdf(unnormalised, torch.tensor([0.2501, 0.5001], dtype=torch.float64)).tolist() == [1, 1]
+
+
+def test_draw_matches_its_distribution():
+    """40,000 draws of one row against its probabilities (chi-square, 0.999 quantile for 4 degrees of freedom),
+    one banned id (-inf) never drawn, and the same generator seed giving the same ids."""
+    probs = torch.tensor([0.1, 0.0, 0.2, 0.3, 0.15, 0.25])
+    log_probs = probs.log().expand(40_000, 6)
+    ids = draw(log_probs, torch.Generator().manual_seed(0))
+    counts = torch.bincount(ids, minlength=6).double()
+    assert counts[1] == 0
+    support = probs > 0
+    expected = 40_000 * probs.double()[support]
+    assert float(((counts[support] - expected) ** 2 / expected).sum()) < 18.47
+    assert torch.equal(ids, draw(log_probs, torch.Generator().manual_seed(0)))
 
 
 # 0.999 quantiles of chi-square by degrees of freedom (support size - 1: 11 tokens with a banned pad, 12 without)

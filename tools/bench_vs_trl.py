@@ -25,7 +25,9 @@ The trainers:
 - ``ours``: the engine's MiniLLM objective (``--type minillm``, :func:`minillm.objectives.build_objective`) with the
   trainer's defaults (single-step term on, length normalisation on, advantages whitened, gamma 0.95, PPO clip 0.2)
   and teacher-mix alpha 0 (student-only sampling), one collection of ``--batch-size`` rollouts per optimizer step
-  and one PPO epoch (``num_rollouts = chunk_size = batch_size``, ``ppo_epochs = 1``): per step, what the engine's
+  and one PPO epoch (``num_rollouts = chunk_size = batch_size``, ``ppo_epochs = 1``), its copies of the models with
+  the elementwise kernels the trainer swaps in at load (``--fused-kernels``, on by default: GPT-2's seven-operation
+  ``gelu_new`` as torch's one-kernel tanh GELU, the same function): per step, what the engine's
   rollout batch source does for one collection (``prompt_batches``, ``objective.collect``, ``objective.micro_batch``)
   and the objective's loss, ``backward``, clip and step, driven by a plain loop as in
   ``tools/bench_minillm_step.py`` -- not the full ``minillm.finetune`` process with its DeepSpeed engine, logging
@@ -216,6 +218,7 @@ class Ours(Runner):
 
         from minillm.engine.config import TrainConfig
         from minillm.models import adapter_for
+        from minillm.models.fused import fuse_elementwise
         from minillm.objectives import build_objective
 
         super().__init__(student, teacher, prompts, args)
@@ -224,6 +227,8 @@ class Ours(Runner):
                                   ppo_epochs=1, batch_size=b, grad_acc=1, rollout_max_new_tokens=args.max_new_tokens,
                                   teacher_mixed_alpha=0.0, temperature=1.0, top_k=0, top_p=1.0, lr=args.lr,
                                   weight_decay=0.0, scheduler="constant", seed=args.seed)
+        for model in (student, teacher):  # as the trainer loads them (--fused-kernels, on by default)
+            fuse_elementwise(model, cpu=True)
         self.teacher.requires_grad_(False).eval()
         self.adapter = adapter_for(student, tokenizer)
         self.objective = build_objective("minillm", self.config, self.adapter, lambda path: self.teacher)

@@ -40,10 +40,10 @@ class TrainConfig:
                                      "where torch's SDPA has no fused kernel for training with dropout and its "
                                      "fallback computes bf16 attention in fp32, and sdpa elsewhere; decoder-only "
                                      "models sdpa everywhere), eager or sdpa", choices=("auto", "eager", "sdpa"))
-    fused_kernels: bool = _flag(True, "swap T5's seven-operation gelu_new and five-operation T5LayerNorm for torch's "
-                                "one-kernel gelu(approximate='tanh') and rms_norm (same functions), and on CPU "
-                                "torch's serial bernoulli dropout for an integer-threshold one; see "
-                                "minillm/models/fused.py (decoder-only models: no effect)")
+    fused_kernels: bool = _flag(True, "swap the seven-operation gelu_new (T5, GPT-2) and T5's five-operation "
+                                "T5LayerNorm for torch's one-kernel gelu(approximate='tanh') and rms_norm (same "
+                                "functions), and on CPU torch's serial bernoulli dropout modules for an "
+                                "integer-threshold one; see minillm/models/fused.py (OPT, LLaMA: no effect)")
     gradient_checkpointing: bool = _flag(False, "the student keeps only each transformer layer's inputs and "
                                          "recomputes the layer's activations in backward (less activation memory, "
                                          "about one more forward pass per step), in train mode and in MiniLLM's "

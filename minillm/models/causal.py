@@ -91,10 +91,13 @@ class CausalLMAdapter:
         unless ``allow_pickle`` (:func:`minillm.models.load_model`).
 
         ``attn_implementation``: ``auto`` is SDPA on every device; None keeps the library's default; any other name
-        is passed on. ``fused_kernels`` is accepted and ignored: the fused elementwise kernels exist for T5 only, and
-        ``device_type`` only chooses among them. ``dropout`` overrides every dropout rate of the checkpoint's config
+        is passed on. ``fused_kernels`` swaps GPT-2's seven-operation ``gelu_new`` for torch's one-kernel tanh GELU and,
+        when ``device_type`` is ``cpu``, its dropout modules for the CPU dropout (:func:`minillm.models.fused.
+        fuse_elementwise`; OPT and LLaMA have no such modules and are unchanged). ``dropout`` overrides every dropout rate of the checkpoint's config
         (:data:`DROPOUT_FIELDS`); a ValueError for a model type whose fields are not known."""
         from transformers import AutoConfig, AutoModelForCausalLM
+
+        from .fused import fuse_elementwise
 
         options = {"use_safetensors": None if allow_pickle else True}  # None: safetensors first, else a pickle
         if dropout is not None:
@@ -107,7 +110,10 @@ class CausalLMAdapter:
             attn_implementation = "sdpa"
         if attn_implementation is not None:
             options["attn_implementation"] = attn_implementation
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **options)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **options)
+        if fused_kernels:
+            fuse_elementwise(model, cpu=device_type == "cpu")
+        return model
 
     @classmethod
     def for_model(cls, model, tokenizer=None) -> "CausalLMAdapter":
@@ -134,8 +140,13 @@ class CausalLMAdapter:
         label_mask = (fed_labels != IGNORE_INDEX).to(prompts.attention_mask.dtype)
         input_ids = torch.cat([prompts.input_ids, fed_labels.masked_fill(label_mask == 0, self.pad_token_id)], -1)
         attention_mask = torch.cat([prompts.attention_mask, label_mask], -1)
+        # The last T positions as an index tensor, not an int: transformers slices with it, giving contiguous hidden
+        # states, which the output layer multiplies as one matrix. A slice is a strided view, which matmul
+        # multiplies batch by batch against the [V, d] weight expanded per row (several times slower).
+        width = input_ids.shape[1]
+        keep = torch.arange(width - labels.shape[1], width, device=input_ids.device)
         return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                     use_cache=False, logits_to_keep=labels.shape[1]).logits
+                     use_cache=False, logits_to_keep=keep).logits
 
     def logits(self, model, batch: dict) -> torch.Tensor:
         """Teacher-forced logits ``[B, T, V]`` aligned with ``batch["labels"]`` (raw: nothing banned)."""

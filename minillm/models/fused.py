@@ -1,9 +1,9 @@
-"""Fused, mathematically identical replacements for the elementwise parts of Hugging Face T5 blocks.
+"""Fused, mathematically identical replacements for the elementwise parts of Hugging Face T5 blocks (and GPT-2's).
 
 Transformers writes two of T5's hot elementwise functions as chains of tensor operations, each a separate pass over
 the activations (and each output kept for the backward pass):
 
-* the gated-GELU activation ``gelu_new``: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, seven operations;
+* the gated-GELU activation ``gelu_new`` (also GPT-2's MLP activation, swapped there too): ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, seven operations;
   ``torch.nn.functional.gelu(x, approximate="tanh")`` is the same function in one kernel, forward and backward;
 * ``T5LayerNorm``, an RMS norm without mean or bias: ``y = w * x / sqrt(mean(x^2) + eps)`` with the mean taken in
   fp32, five operations; ``torch.nn.functional.rms_norm`` computes it in one (in fp32 for bf16 inputs, rounding once
@@ -177,9 +177,10 @@ AttentionMaskInterface.register(CPU_ATTENTION, eager_mask)  # additive float mas
 
 
 def fuse_elementwise(model: nn.Module, cpu: bool = False) -> dict[str, int]:
-    """Replace T5's ``gelu_new`` modules and ``T5LayerNorm`` forwards in ``model`` by their fused forms (with ``cpu``,
-    the CPU norm) and, with ``cpu``, its dropout modules and eager attention by the integer-threshold dropout; returns
-    the number of modules swapped per kind. Other architectures pass through untouched (counts zero)."""
+    """Replace the ``gelu_new`` modules (T5, GPT-2) and ``T5LayerNorm`` forwards in ``model`` by their fused forms
+    (with ``cpu``, the CPU norm) and, with ``cpu``, its ``nn.Dropout`` modules and T5's eager attention by the
+    integer-threshold dropout; returns the number of modules swapped per kind. Models with none of these (OPT, LLaMA)
+    pass through untouched (counts zero)."""
     counts = {"gelu_tanh": 0, "rms_norm": 0, "dropout": 0, "attention": 0}
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

@@ -17,7 +17,6 @@ from minillm.models.tiny import (
     CAUSAL_FAMILIES,
     CAUSAL_SPECIAL_TOKENS,
     build_causal_model,
-    read_corpus,
     save_checkpoint,
     train_causal_tokenizer,
 )

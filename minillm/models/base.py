@@ -90,3 +90,19 @@ def ban(logits: torch.Tensor, banned_ids) -> torch.Tensor:
 def unwrap(model):
     """The Hugging Face model inside a DeepSpeed engine (engines forward calls, not ``get_encoder`` or ``config``)."""
     return getattr(model, "module", model)
+
+
+def from_pretrained(auto_class, path, *, dtype: torch.dtype, options: dict, attn_implementation: str | None,
+                    fused_kernels: bool, device_type: str):
+    """``auto_class.from_pretrained(path)`` in ``dtype`` with ``options``, the attention kernel
+    ``attn_implementation`` (already resolved by the family; None keeps the library's default) and, with
+    ``fused_kernels``, the fused elementwise modules (:func:`minillm.models.fused.fuse_elementwise`; the CPU forms
+    when ``device_type`` is ``cpu``)."""
+    from .fused import fuse_elementwise
+
+    if attn_implementation is not None:
+        options = {**options, "attn_implementation": attn_implementation}
+    model = auto_class.from_pretrained(path, dtype=dtype, **options)
+    if fused_kernels:
+        fuse_elementwise(model, cpu=device_type == "cpu")
+    return model

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import IGNORE_INDEX, token_logprobs, unwrap
+from .base import IGNORE_INDEX, from_pretrained, token_logprobs, unwrap
 
 # The config fields a dropout override sets, per model type (GPT-2 has three separate rates; LLaMA only drops
 # attention weights).
@@ -91,13 +91,12 @@ class CausalLMAdapter:
         unless ``allow_pickle`` (:func:`minillm.models.load_model`).
 
         ``attn_implementation``: ``auto`` is SDPA on every device; None keeps the library's default; any other name
-        is passed on. ``fused_kernels`` swaps GPT-2's seven-operation ``gelu_new`` for torch's one-kernel tanh GELU and,
-        when ``device_type`` is ``cpu``, its dropout modules for the CPU dropout (:func:`minillm.models.fused.
-        fuse_elementwise`; OPT and LLaMA have no such modules and are unchanged). ``dropout`` overrides every dropout rate of the checkpoint's config
-        (:data:`DROPOUT_FIELDS`); a ValueError for a model type whose fields are not known."""
+        is passed on. ``fused_kernels`` swaps GPT-2's seven-operation ``gelu_new`` for torch's one-kernel tanh GELU
+        and, when ``device_type`` is ``cpu``, its dropout modules for the CPU dropout
+        (:func:`minillm.models.fused.fuse_elementwise`; OPT and LLaMA have no such modules and load unchanged).
+        ``dropout`` overrides every dropout rate of the checkpoint's config (:data:`DROPOUT_FIELDS`); a ValueError
+        for a model type whose fields are not known."""
         from transformers import AutoConfig, AutoModelForCausalLM
-
-        from .fused import fuse_elementwise
 
         options = {"use_safetensors": None if allow_pickle else True}  # None: safetensors first, else a pickle
         if dropout is not None:
@@ -106,14 +105,9 @@ class CausalLMAdapter:
                 raise ValueError(f"{path}: no dropout override for model type {model_type!r}; "
                                  f"known types: {', '.join(DROPOUT_FIELDS)}")
             options.update(dict.fromkeys(DROPOUT_FIELDS[model_type], dropout))
-        if attn_implementation == "auto":
-            attn_implementation = "sdpa"
-        if attn_implementation is not None:
-            options["attn_implementation"] = attn_implementation
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **options)
-        if fused_kernels:
-            fuse_elementwise(model, cpu=device_type == "cpu")
-        return model
+        return from_pretrained(AutoModelForCausalLM, path, dtype=dtype, options=options,
+                               attn_implementation="sdpa" if attn_implementation == "auto" else attn_implementation,
+                               fused_kernels=fused_kernels, device_type=device_type)
 
     @classmethod
     def for_model(cls, model, tokenizer=None) -> "CausalLMAdapter":

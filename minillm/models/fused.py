@@ -3,8 +3,9 @@
 Transformers writes two of T5's hot elementwise functions as chains of tensor operations, each a separate pass over
 the activations (and each output kept for the backward pass):
 
-* the gated-GELU activation ``gelu_new`` (also GPT-2's MLP activation, swapped there too): ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, seven operations;
-  ``torch.nn.functional.gelu(x, approximate="tanh")`` is the same function in one kernel, forward and backward;
+* the gated-GELU activation ``gelu_new`` (also GPT-2's MLP activation, swapped there too):
+  ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, seven operations; ``torch.nn.functional.gelu(x,
+  approximate="tanh")`` is the same function in one kernel, forward and backward;
 * ``T5LayerNorm``, an RMS norm without mean or bias: ``y = w * x / sqrt(mean(x^2) + eps)`` with the mean taken in
   fp32, five operations; ``torch.nn.functional.rms_norm`` computes it in one (in fp32 for bf16 inputs, rounding once
   where transformers rounds the normalised value to bf16 before scaling it).

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import IGNORE_INDEX, token_logprobs, unwrap
+from .base import IGNORE_INDEX, from_pretrained, token_logprobs, unwrap
 
 
 @dataclass(frozen=True)
@@ -61,18 +61,13 @@ class Seq2SeqAdapter:
         the CPU forms when ``device_type`` is ``cpu``); ``dropout`` overrides the checkpoint's ``dropout_rate``."""
         from transformers import AutoModelForSeq2SeqLM
 
-        from .fused import fuse_elementwise
-
         options = {} if dropout is None else {"dropout_rate": dropout}
         options["use_safetensors"] = None if allow_pickle else True  # None: safetensors first, else a pickle
         if attn_implementation == "auto":
             attn_implementation = "eager" if device_type == "cpu" else "sdpa"
-        if attn_implementation is not None:
-            options["attn_implementation"] = attn_implementation
-        model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype, **options)
-        if fused_kernels:
-            fuse_elementwise(model, cpu=device_type == "cpu")
-        return model
+        return from_pretrained(AutoModelForSeq2SeqLM, path, dtype=dtype, options=options,
+                               attn_implementation=attn_implementation, fused_kernels=fused_kernels,
+                               device_type=device_type)
 
     @classmethod
     def for_model(cls, model, tokenizer=None) -> "Seq2SeqAdapter":

@@ -171,6 +171,20 @@ def test_inversion_draws_the_first_id_whose_cumulative_mass_exceeds_u():
     assert invert_cdf(unnormalised, torch.tensor([0.2501, 0.5001], dtype=torch.float64)).tolist() == [1, 1]
 
 
+def test_inversion_and_draw_work_row_by_row_under_any_leading_shape():
+    """A [2, 3, 6] batch of three distributions with different last ids of positive mass (4, 2 and 5): each row is
+    inverted on its own, u = 1 falling back to its own last id with mass; ``draw`` is one fp64 uniform per row from
+    the generator."""
+    rows = {"a": [0.0, 0.5, 0.0, 0.25, 0.25, 0.0], "b": [0.2, 0.3, 0.5, 0.0, 0.0, 0.0], "c": [0.0] * 5 + [1.0]}
+    log_probs = torch.tensor([[rows["a"], rows["b"], rows["c"]], [rows["c"], rows["a"], rows["b"]]]).log()
+    uniform = torch.tensor([[1.0, 0.1, 0.3], [0.5, 0.6, 1.0]], dtype=torch.float64)
+    assert invert_cdf(log_probs, uniform).tolist() == [[4, 0, 5], [5, 3, 2]]
+    drawn = draw(log_probs, torch.Generator().manual_seed(3))
+    uniform = torch.rand((2, 3), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expected = invert_cdf(log_probs, uniform)
+    assert drawn.shape == (2, 3) and torch.equal(drawn, expected)
+
+
 def test_draw_matches_its_distribution():
     """40,000 draws of one row against its probabilities (chi-square, 0.999 quantile for 4 degrees of freedom),
     one banned id (-inf) never drawn, and the same generator seed giving the same ids."""

@@ -14,4 +14,4 @@ CORES_EACH=$(( $(nproc) / (WORKERS > 1 ? WORKERS : 1) ))
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=true
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( CORES_EACH > 0 ? CORES_EACH : 1 ))}"
 cd "$REPO"
-exec python -m pytest tests -n "$WORKERS" --dist loadfile "$@"
+exec python -m pytest tests -n "$WORKERS" --dist loadfile --no-loadscope-reorder "$@"

@@ -26,22 +26,14 @@ seconds and share of each part and the teacher forward passes per rollout sample
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import time
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from minillm.engine.gathering import SamplingScope
-from minillm.models import Seq2SeqAdapter
 from minillm.models.fused import fuse_elementwise
 from minillm.models.tiny import PRESETS, build_model
-from minillm.objectives import Processes
-from minillm.objectives.minillm import objective as minillm_objective
-from minillm.objectives.minillm.batches import RolloutBatches
-from step_timing import DTYPES, CallTimer
+from step_timing import DTYPES, MiniLLMCycles, minillm_settings
 
 
 def main(argv=None) -> None:
@@ -74,68 +66,23 @@ def main(argv=None) -> None:
     for model in (student, teacher):
         fuse_elementwise(model, cpu=True)
     student.eval()  # MiniLLM samples and trains without dropout
-    config = SimpleNamespace(
-        teacher_model_path="teacher", rollout_max_new_tokens=args.max_new_tokens, teacher_mixed_alpha=0.2,
-        temperature=1.0, top_k=0, top_p=1.0, gamma=0.95, length_norm=True, whiten_advantages=True, cliprange=0.2,
-        reward_scaling=0.5, cliprange_reward=100.0, single_step_reg=True, lm_coef=0.0, teacher_topk=0,
-        whiten_scope="collection",
-        num_rollouts=args.num_rollouts, chunk_size=args.chunk_size, ppo_epochs=args.ppo_epochs,
-        batch_size=args.batch_size, grad_acc=1, seed=0)
-    objective = minillm_objective.MiniLLMObjective(config, Seq2SeqAdapter.for_model(student), lambda path: teacher)
-    sampling_seconds = [0.0]
-    sample_rollouts = minillm_objective.sample_rollouts
-
-    def timed_sample_rollouts(*args_, **kwargs):  # the objective's sampler, timed
-        start = time.perf_counter()
-        out = sample_rollouts(*args_, **kwargs)
-        sampling_seconds[0] += time.perf_counter() - start
-        return out
-
-    minillm_objective.sample_rollouts = timed_sample_rollouts
+    settings = minillm_settings(num_rollouts=args.num_rollouts, chunk_size=args.chunk_size,
+                                ppo_epochs=args.ppo_epochs, batch_size=args.batch_size,
+                                max_new_tokens=args.max_new_tokens, alpha=0.2)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(2, args.vocab_size, args.prompt_length) for _ in range(4 * args.num_rollouts)]
-    cpu = torch.device("cpu")
-    processes = Processes(rank=0, world_size=1, device=cpu, sampling=SamplingScope([student, teacher], False, True, cpu))
-    source = RolloutBatches(objective, student, prompts, None, config, processes)
     optimizer = torch.optim.AdamW([q for q in student.parameters()], lr=1e-6, fused=True)
-    teacher_decoder, teacher_encoder = CallTimer(teacher), CallTimer(teacher.encoder)  # sampling calls both directly
-    steps = source.steps_per_epoch
+    cycles = MiniLLMCycles(student, teacher, optimizer, prompts, settings, torch.device("cpu"))
+    steps = cycles.steps
 
-    def cycle(index: int) -> dict:
-        parts = dict.fromkeys(("forward_backward", "optimizer"), 0.0)
-        before = (teacher_decoder.seconds + teacher_encoder.seconds, teacher_encoder.calls, teacher_decoder.calls,
-                  sampling_seconds[0])
-        start = time.perf_counter()
-        for step in range(index * steps, (index + 1) * steps):
-            batches = source.micro_batches(step)
-            if step == index * steps:
-                parts["sampling"] = sampling_seconds[0] - before[3]
-                parts["teacher"] = teacher_decoder.seconds + teacher_encoder.seconds - before[0]
-                parts["encoder_calls"] = teacher_encoder.calls - before[1]
-                parts["decoder_calls"] = teacher_decoder.calls - before[2]
-            for batch in batches:
-                t1 = time.perf_counter()
-                objective(student, batch).loss_sum.div(args.batch_size).backward()
-                parts["forward_backward"] += time.perf_counter() - t1
-            t2 = time.perf_counter()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            parts["optimizer"] += time.perf_counter() - t2
-        parts["total"] = time.perf_counter() - start
-        return parts
-
-    cycle(0)  # warm-up
-    measured = [cycle(i) for i in range(1, args.cycles + 1)]
-    mean = {k: sum(m[k] for m in measured) / len(measured) for k in measured[0]}
-    breakdown = {"sampling": mean["sampling"] - mean["teacher"], "teacher scoring": mean["teacher"],
-                 "student forward/backward": mean["forward_backward"], "optimizer": mean["optimizer"]}
-    breakdown["other"] = mean["total"] - sum(breakdown.values())
+    cycles.run(0)  # warm-up
+    mean, breakdown = MiniLLMCycles.breakdown([cycles.run(i) for i in range(1, args.cycles + 1)])
     print(f"student {args.student}, teacher {args.teacher}, {args.dtype}, {torch.get_num_threads()} threads; "
           f"{args.num_rollouts} rollouts/collection ({args.chunk_size} per sampling batch, {args.max_new_tokens} "
           f"tokens max), {args.ppo_epochs} PPO epochs x {steps // args.ppo_epochs} micro-batches of "
           f"{args.batch_size} = {steps} optimizer steps per cycle; mean of {args.cycles} cycles")
     for name, seconds in breakdown.items():
-        print(f"  {name:26s} {seconds:7.3f} s  {100 * seconds / mean['total']:5.1f} %")
+        print(f"  {name.replace('_', ' '):26s} {seconds:7.3f} s  {100 * seconds / mean['total']:5.1f} %")
     print(f"  {'cycle':26s} {mean['total']:7.3f} s  ({mean['total'] / steps:.3f} s per optimizer step)")
     batches = math.ceil(args.num_rollouts / args.chunk_size)  # sampling batches per collection, the last one short
     print(f"teacher calls per cycle: {mean['encoder_calls']:.0f} encoder passes ({mean['encoder_calls'] / batches:.2f} "

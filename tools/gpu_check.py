@@ -520,21 +520,14 @@ def part_sft(args, cfg: dict, part: str, result: dict, result_path: Path, deadli
 def part_minillm(args, cfg: dict, result: dict, result_path: Path) -> None:
     """tools/bench_minillm_step.py's cycle on the device there is, with synchronised timers and the trainer's
     optimizer for the precision (bf16: fp32 master weights; fp32: the clipped fused AdamW)."""
-    from types import SimpleNamespace
-
     import numpy as np
     import torch
 
     from minillm.engine.clipped_adamw import ClippedAdamW
-    from minillm.engine.gathering import SamplingScope
     from minillm.engine.master_weights import BF16MasterWeightAdamW
-    from minillm.models import Seq2SeqAdapter
     from minillm.models.fused import fuse_elementwise
     from minillm.models.tiny import build_model, count_parameters
-    from minillm.objectives import Processes
-    from minillm.objectives.minillm import objective as minillm_objective
-    from minillm.objectives.minillm.batches import RolloutBatches
-    from step_timing import CallTimer
+    from step_timing import MiniLLMCycles, minillm_settings
 
     register_presets()
     m = cfg["minillm"]
@@ -559,71 +552,23 @@ def part_minillm(args, cfg: dict, result: dict, result_path: Path) -> None:
     else:
         optimizer = ClippedAdamW(groups, lr=1e-6, betas=(0.9, 0.999), eps=1e-8, max_grad_norm=1.0)
         result["optimizer"] = "ClippedAdamW (the trainer's fp32 stage-0 optimizer)"
-    config = SimpleNamespace(
-        teacher_model_path="teacher", rollout_max_new_tokens=m["max_new_tokens"],
-        teacher_mixed_alpha=m["teacher_mixed_alpha"], temperature=1.0, top_k=0, top_p=1.0, gamma=0.95,
-        length_norm=True, whiten_advantages=True, cliprange=0.2, reward_scaling=0.5, cliprange_reward=100.0,
-        single_step_reg=True, lm_coef=0.0, teacher_topk=0, whiten_scope="collection",
-        num_rollouts=m["num_rollouts"], chunk_size=m["chunk_size"], ppo_epochs=m["ppo_epochs"],
-        batch_size=m["batch_size"], grad_acc=1, seed=0)
-    objective = minillm_objective.MiniLLMObjective(config, Seq2SeqAdapter.for_model(student), lambda path: teacher)
-    sampling_seconds = [0.0]
-    sample_rollouts = minillm_objective.sample_rollouts
-
-    def timed_sample_rollouts(*a, **k):
-        sync()
-        start = time.perf_counter()
-        out = sample_rollouts(*a, **k)
-        sync()
-        sampling_seconds[0] += time.perf_counter() - start
-        return out
-
-    minillm_objective.sample_rollouts = timed_sample_rollouts
+    objective_settings = minillm_settings(num_rollouts=m["num_rollouts"], chunk_size=m["chunk_size"],
+                                          ppo_epochs=m["ppo_epochs"], batch_size=m["batch_size"],
+                                          max_new_tokens=m["max_new_tokens"], alpha=m["teacher_mixed_alpha"])
     rng = np.random.default_rng(0)
     prompts = [rng.integers(2, m["vocab_size"], m["prompt_length"]) for _ in range(4 * m["num_rollouts"])]
-    processes = Processes(rank=0, world_size=1, device=device,
-                          sampling=SamplingScope([student, teacher], False, True, device))
-    source = RolloutBatches(objective, student, prompts, None, config, processes)
-    teacher_decoder, teacher_encoder = CallTimer(teacher, sync=sync), CallTimer(teacher.encoder, sync=sync)
-    steps = source.steps_per_epoch
-
-    def cycle(index: int) -> dict:
-        parts = dict.fromkeys(("forward_backward", "optimizer"), 0.0)
-        before = (teacher_decoder.seconds + teacher_encoder.seconds, sampling_seconds[0])
-        sync()
-        start = time.perf_counter()
-        for step in range(index * steps, (index + 1) * steps):
-            batches = source.micro_batches(step)
-            if step == index * steps:
-                parts["sampling"] = sampling_seconds[0] - before[1]
-                parts["teacher"] = teacher_decoder.seconds + teacher_encoder.seconds - before[0]
-            for batch in batches:
-                t1 = time.perf_counter()
-                objective(student, batch).loss_sum.div(m["batch_size"]).backward()
-                sync()
-                parts["forward_backward"] += time.perf_counter() - t1
-            t2 = time.perf_counter()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            sync()
-            parts["optimizer"] += time.perf_counter() - t2
-        sync()
-        parts["total"] = time.perf_counter() - start
-        return parts
+    cycles = MiniLLMCycles(student, teacher, optimizer, prompts, objective_settings, device, sync=sync)
+    steps = cycles.steps
 
     t0 = time.perf_counter()
-    cycle(0)  # warm-up
+    cycles.run(0)  # warm-up
     result["warmup_cycle_s"] = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()  # the build's fp32 student is gone; the steady state from here
-    measured = [cycle(i) for i in range(1, m["cycles"] + 1)]
-    mean = {k: sum(x[k] for x in measured) / len(measured) for k in measured[0]}
-    breakdown = {"sampling": mean["sampling"] - mean["teacher"], "teacher_scoring": mean["teacher"],
-                 "student_forward_backward": mean["forward_backward"], "optimizer": mean["optimizer"]}
-    breakdown["other"] = mean["total"] - sum(breakdown.values())
+    mean, breakdown = MiniLLMCycles.breakdown([cycles.run(i) for i in range(1, m["cycles"] + 1)])
     result.update(optimizer_steps_per_cycle=steps, cycle_s=mean["total"], step_s=mean["total"] / steps,
                   breakdown_s=breakdown, shares={k: v / mean["total"] for k, v in breakdown.items()},
-                  teacher_encoder_calls=teacher_encoder.calls, teacher_decoder_calls=teacher_decoder.calls,
+                  teacher_encoder_calls=cycles.encoder.calls, teacher_decoder_calls=cycles.decoder.calls,
                   note="one cycle = one collection of num_rollouts + ppo_epochs passes of micro-batches, one "
                        "optimizer step each; a step's shares are the cycle's (random models rarely emit EOS: every "
                        "rollout runs to max_new_tokens)")

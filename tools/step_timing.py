@@ -1,6 +1,6 @@
 """Shared pieces of the step benchmarks (bench_fused_kernels.py, bench_kd_step.py, bench_minillm_step.py,
 bench_vs_trl.py, gpu_check.py): the batch-shape flags, a random batch of that shape, interleaved timing, a timer of
-modules' forward calls, and the FLOPs of a profiled matrix product.
+modules' forward calls, the FLOPs of a profiled matrix product, and a timed MiniLLM cycle.
 
 Interleaving: the measured pieces of work take turns, one of each per round, so a machine whose speed drifts (a
 shared CPU does, by 10 % from one minute to the next) slows them all alike and their ratio holds.
@@ -97,3 +97,98 @@ def matmul_flops(name: str, input_shapes: list) -> int:
     ``(m, k) @ (k, n)`` product (``addmm``'s first input is the added term), times the batch for ``bmm``."""
     a, b = input_shapes[1:3] if name == "aten::addmm" else input_shapes[:2]
     return 2 * (a[0] if name == "aten::bmm" else 1) * a[-2] * a[-1] * b[-1]
+
+
+def minillm_settings(*, num_rollouts: int, chunk_size: int, ppo_epochs: int, batch_size: int, max_new_tokens: int,
+                     alpha: float):
+    """The MiniLLM objective's settings a timed cycle uses: the trainer's defaults (single-step term, length
+    normalisation, whitening per collection, gamma 0.95, clip 0.2, reward scaling 0.5, no LM term) with the given
+    sizes and teacher-mix ``alpha``; one micro-batch per optimizer step."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        teacher_model_path="teacher", rollout_max_new_tokens=max_new_tokens, teacher_mixed_alpha=alpha,
+        temperature=1.0, top_k=0, top_p=1.0, gamma=0.95, length_norm=True, whiten_advantages=True, cliprange=0.2,
+        reward_scaling=0.5, cliprange_reward=100.0, single_step_reg=True, lm_coef=0.0, teacher_topk=0,
+        whiten_scope="collection", num_rollouts=num_rollouts, chunk_size=chunk_size, ppo_epochs=ppo_epochs,
+        batch_size=batch_size, grad_acc=1, seed=0)
+
+
+class MiniLLMCycles:
+    """MiniLLM cycles of an encoder-decoder student and teacher as the engine runs them, timed by part.
+
+    One cycle = one collection of ``num_rollouts`` (the rollout batch source's first micro-batches call: sampling,
+    teacher scoring, rewards, advantages) and its ``ppo_epochs`` passes of micro-batches, one optimizer step each.
+    :meth:`run` returns a cycle's seconds: ``sampling`` (inside ``sample_rollouts``, the teacher's calls included),
+    ``teacher`` (the teacher's encoder and decoder calls, forward hooks), ``forward_backward`` (the objective's loss
+    and ``backward`` per micro-batch), ``optimizer`` (``step`` and ``zero_grad``), ``total``, and the teacher's
+    ``encoder_calls`` and ``decoder_calls``. ``sync`` (a GPU's synchronize) runs before every clock read, so queued
+    work is inside the part that queued it. The objective module's sampler is wrapped for the timing, for good."""
+
+    def __init__(self, student, teacher, optimizer, prompts, settings, device: torch.device,
+                 sync: Callable[[], None] | None = None):
+        from minillm.engine.gathering import SamplingScope
+        from minillm.models import Seq2SeqAdapter
+        from minillm.objectives import Processes
+        from minillm.objectives.minillm import objective as objective_module
+        from minillm.objectives.minillm.batches import RolloutBatches
+
+        self.student, self.optimizer, self.settings = student, optimizer, settings
+        self.sync = sync or (lambda: None)
+        self.objective = objective_module.MiniLLMObjective(settings, Seq2SeqAdapter.for_model(student),
+                                                           lambda path: teacher)
+        self.sampling_seconds = 0.0
+        sample_rollouts = objective_module.sample_rollouts
+
+        def timed_sample_rollouts(*args, **kwargs):
+            self.sync()
+            start = time.perf_counter()
+            out = sample_rollouts(*args, **kwargs)
+            self.sync()
+            self.sampling_seconds += time.perf_counter() - start
+            return out
+
+        objective_module.sample_rollouts = timed_sample_rollouts
+        processes = Processes(rank=0, world_size=1, device=device,
+                              sampling=SamplingScope([student, teacher], False, True, device))
+        self.source = RolloutBatches(self.objective, student, prompts, None, settings, processes)
+        self.decoder = CallTimer(teacher, sync=sync)
+        self.encoder = CallTimer(teacher.encoder, sync=sync)  # sampling calls the encoder directly
+        self.steps = self.source.steps_per_epoch  # optimizer steps per cycle
+
+    def run(self, index: int) -> dict:
+        parts = dict.fromkeys(("forward_backward", "optimizer"), 0.0)
+        before = (self.decoder.seconds + self.encoder.seconds, self.encoder.calls, self.decoder.calls,
+                  self.sampling_seconds)
+        self.sync()
+        start = time.perf_counter()
+        for step in range(index * self.steps, (index + 1) * self.steps):
+            batches = self.source.micro_batches(step)
+            if step == index * self.steps:
+                parts["sampling"] = self.sampling_seconds - before[3]
+                parts["teacher"] = self.decoder.seconds + self.encoder.seconds - before[0]
+                parts["encoder_calls"] = self.encoder.calls - before[1]
+                parts["decoder_calls"] = self.decoder.calls - before[2]
+            for batch in batches:
+                t1 = time.perf_counter()
+                self.objective(self.student, batch).loss_sum.div(self.settings.batch_size).backward()
+                self.sync()
+                parts["forward_backward"] += time.perf_counter() - t1
+            t2 = time.perf_counter()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.sync()
+            parts["optimizer"] += time.perf_counter() - t2
+        parts["total"] = time.perf_counter() - start
+        return parts
+
+    @staticmethod
+    def breakdown(measured: list[dict]) -> tuple[dict, dict]:
+        """The mean of each part over ``measured`` cycles, and the cycle split into sampling (less the teacher's
+        calls in it), teacher scoring, student forward/backward, optimizer and the rest (rewards, returns,
+        whitening, slicing the store into micro-batches, bookkeeping)."""
+        mean = {k: sum(x[k] for x in measured) / len(measured) for k in measured[0]}
+        parts = {"sampling": mean["sampling"] - mean["teacher"], "teacher_scoring": mean["teacher"],
+                 "student_forward_backward": mean["forward_backward"], "optimizer": mean["optimizer"]}
+        parts["other"] = mean["total"] - sum(parts.values())
+        return mean, parts

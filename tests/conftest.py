@@ -13,9 +13,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-# The test files that take 100 s or more on 2 cores (108-228 s, 2026-12-07), longest first. run.sh hands whole files to pytest-xdist's
-# workers in collection order (--dist loadfile --no-loadscope-reorder; xdist's own reordering puts the files with
-# the most tests first, which left these few-test, long files running alone at the end of the suite).
+# The test files that take 100 s or more on 2 cores (108-228 s, 2026-12-07), longest first. run.sh hands whole
+# files to pytest-xdist's workers in collection order (--dist loadfile --no-loadscope-reorder; xdist's own
+# reordering puts the files with the most tests first, which left these few-test, long files running alone at the
+# end of the suite).
 LONG_FILES_FIRST = ("test_distillation_learns.py", "faults/test_kill_resume.py", "test_engine.py",
                     "test_default_job.py")
 

@@ -47,10 +47,12 @@ optimizer steps, then ``--steps`` timed ones. samples/s = steps x batch size / s
 freshly generated completion trained on. The script checks that each trainer called the student's generation once
 per optimizer step and prints where each trainer's time went: sampling (the student's generation call -- ours:
 ``collect``, which also computes rewards and advantages -- less the teacher's calls made inside it), teacher (the
-teacher's backbone and output-layer module calls: ours decodes the teacher beside the student while sampling, GKD
-runs it once over prompt and completion; DistillationTrainer runs its backbone once and projects its hidden states
+teacher's backbone and output-layer module calls: ours scores the finished completions once, teacher-forced, at
+the end of ``collect`` (alpha 0: the teacher is not needed to sample), GKD runs it once over prompt and completion; DistillationTrainer runs its backbone once and projects its hidden states
 inside the loss, so its teacher output layer is counted in the rest) and the rest (student forward/backward, loss,
-optimizer, loop). Forward hooks time the teacher; they cost every trainer the same.
+optimizer, loop). Forward hooks time the teacher; they cost every trainer the same. Two ratios are printed: of the
+trainers' medians, and the median of the per-round ratios. Within a round the trainers run one after the other,
+seconds apart, so a machine whose speed drifts between rounds disturbs the per-round ratios least.
 """
 
 from __future__ import annotations
@@ -484,8 +486,8 @@ def main(argv=None) -> None:
     if "ours" in medians:
         for other in (n for n in runners if n != "ours"):
             per_round = [o["samples_per_s"] / t["samples_per_s"] for o, t in zip(results["ours"], results[other])]
-            print(f"ratio ours / {LABELS[other]}: {medians['ours'] / medians[other]:.2f}x (medians; per round: "
-                  f"{', '.join(f'{x:.2f}x' for x in per_round)})")
+            print(f"ratio ours / {LABELS[other]}: {medians['ours'] / medians[other]:.2f}x (medians); per round "
+                  f"{', '.join(f'{x:.2f}x' for x in per_round)}, median of these {statistics.median(per_round):.2f}x")
     work.cleanup()
 
 

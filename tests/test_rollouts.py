@@ -166,6 +166,9 @@ def test_inversion_draws_the_first_id_whose_cumulative_mass_exceeds_u():
     uniform = torch.tensor([0.0, 0.25, 0.4999, 0.5001, 0.7499, 0.7501, 0.9999, 1 - 2**-53], dtype=torch.float64)
     assert invert_cdf(log_probs, uniform).tolist() == [1, 1, 1, 3, 3, 4, 4, 4]
     assert invert_cdf(log_probs[:1], torch.tensor([1.0], dtype=torch.float64)).tolist() == [4]  # u * C_V == C_V
+    nan_row = torch.stack([log_probs[0], torch.full((6,), math.nan)])  # non-finite weights: an id in range
+    drawn = invert_cdf(nan_row, torch.tensor([0.6, 0.5], dtype=torch.float64)).tolist()
+    assert drawn[0] == 3 and 0 <= drawn[1] < 6
     unnormalised = torch.tensor([[2.0, 6.0], [1.0, 1.0]]).log()  # masses are normalised by the total C_V
     assert invert_cdf(unnormalised, torch.tensor([0.2, 0.49], dtype=torch.float64)).tolist() == [0, 0]
     assert invert_cdf(unnormalised, torch.tensor([0.2501, 0.5001], dtype=torch.float64)).tolist() == [1, 1]

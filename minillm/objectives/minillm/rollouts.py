@@ -148,7 +148,10 @@ def invert_cdf(log_probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """The id drawn by inversion for each row of ``log_probs`` ``[..., V]`` and its ``uniform`` in [0, 1) ``[...]``:
     the first id ``i`` with ``C_i > u * C_V``, ``C`` the cumulative mass (summed in fp64, so rounding cannot move a
     draw by more than ~1e-16 of mass). A zero-mass id is never drawn: its ``C_i`` equals its predecessor's, which
-    was already greater; when ``u * C_V`` rounds up to ``C_V`` itself, the last id with mass is drawn."""
+    was already greater; when ``u * C_V`` rounds up to ``C_V`` itself, the last id with mass is drawn. A row with
+    no positive mass (NaN logits from non-finite weights) still gets an id in range, where ``torch.multinomial``
+    raised: its recorded log-probabilities are NaN, so the step's loss is non-finite and the trainer's non-finite
+    check skips the step (``--max-nonfinite-steps``) instead of the sampler stopping the run."""
     probs = log_probs.double().exp()
     cdf = probs.cumsum(-1)
     target = uniform.double().unsqueeze(-1) * cdf[..., -1:]

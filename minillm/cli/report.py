@@ -78,7 +78,10 @@ def score_key(figures: dict) -> str:
     return "accuracy_rank" if figures.get("accuracy_rank") is not None else "rougeL"
 
 
-def _save(fig, path: Path) -> None:
+def _save(plt, fig, path: Path) -> None:
+    """Lay ``fig`` out, write it to ``path`` as PNG through a temporary file (no half-written figure under the final
+    name) and close it."""
+    fig.tight_layout()
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     os.close(handle)
     try:
@@ -87,6 +90,7 @@ def _save(fig, path: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        plt.close(fig)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -118,9 +122,7 @@ def dev_figure(plt, rows: list[dict], label: str, path: Path) -> str | None:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{label}: dev {key} and loss")
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    _save(plt, fig, path)
     return key
 
 
@@ -150,9 +152,7 @@ def minillm_figure(plt, rows: dict[str, list[dict]], label: str, path: Path) -> 
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{label}: MiniLLM")
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    _save(plt, fig, path)
     return [title for title, _ in panels]
 
 
@@ -206,9 +206,7 @@ def bars_figure(plt, metric: str, rounds: list[str], scores: dict, split: str, p
     ax.set_title(f"{split} {metric} of best/, mean over {n} run(s)" + (", 95 % t-interval" if n > 1 else ""))
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    _save(plt, fig, path)
     return table
 
 

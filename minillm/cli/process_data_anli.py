@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from minillm.data.anli import DataError, detect_layout, download_anli
+from minillm.cli import add_shard_options
 from minillm.data.process import MODEL_TYPES, build_shards, build_text, log, output_kept_whole, staged_text_dir
 from minillm.data.templates import TARGET_KINDS, TEMPLATES
 
@@ -27,16 +28,13 @@ def parse_args(argv=None):
     p.add_argument("--target", default="label", choices=TARGET_KINDS)
     p.add_argument("--max-prompt-length", type=int, default=512)
     p.add_argument("--stage", default="all", choices=("all", "text", "shards"))
-    p.add_argument("--dtype", default="auto", help="auto (uint16 when the vocabulary fits, else int32), uint16, int32")
-    p.add_argument("--shard-size", type=int, default=0, help="items per shard; 0 = one shard per split")
+    add_shard_options(p)
     p.add_argument("--model-type", default="auto", choices=("auto", *MODEL_TYPES),
                    help="seq2seq: prompts end in EOS; causal: they do not, and end in the answer cue; auto: seq2seq "
                    "when the tokenizer appends EOS to every text (T5), else causal")
     args = p.parse_args(argv)
     if args.raw_dir is None and args.download_dir is None and args.stage != "shards":
         p.error("give --raw-dir, or --download-dir to download facebook/anli")
-    if args.shard_size < 0:
-        p.error("--shard-size must be >= 0")
     return args
 
 

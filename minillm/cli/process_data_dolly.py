@@ -15,6 +15,7 @@ from pathlib import Path
 
 from minillm.data.dolly import (DOWNLOAD_FILE, MINILLM_RAW_FILE, build_dolly_shards, build_dolly_text,
                                 download_dolly, log)
+from minillm.cli import add_shard_options
 from minillm.data.process import MODEL_TYPES, output_kept_whole, staged_text_dir
 from minillm.data.templates import INSTRUCTION_TEMPLATES
 
@@ -33,13 +34,10 @@ def parse_args(argv=None):
     p.add_argument("--dev-num", type=int, default=1000, help="first rows held out as dev (MiniLLM's valid: 1000)")
     p.add_argument("--test-num", type=int, default=500, help="next rows held out as test (0: none)")
     p.add_argument("--stage", default="all", choices=("all", "text", "shards"))
-    p.add_argument("--dtype", default="auto", help="auto (uint16 when the vocabulary fits, else int32), uint16, int32")
-    p.add_argument("--shard-size", type=int, default=0, help="items per shard; 0 = one shard per split")
+    add_shard_options(p)
     args = p.parse_args(argv)
     if args.raw_file is None and args.download_dir is None and args.stage != "shards":
         p.error("give --raw-file, or --download-dir to find or download databricks-dolly-15k")
-    if args.shard_size < 0:
-        p.error("--shard-size must be >= 0")
     return args
 
 

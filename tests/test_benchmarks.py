@@ -150,11 +150,14 @@ def test_fused_kernel_benchmark_profiles_the_cpu_set():
 def test_trl_benchmark_smoke(shared_anli, flan_t5_tokenizer_dir):
     """tools/bench_vs_trl.py --smoke: one round of one warm-up and one timed step per trainer (ours, TRL's
     DistillationTrainer and GKDTrainer), each checked by the script to generate on-policy at every step; a rate and
-    two ratios come out. Batch 2, 2 new tokens and one thread keep it well under a minute on two shared cores."""
+    two ratios come out. With ``--floor``, each trainer's matrix-product work per step: ours and DistillationTrainer
+    do the same products (within 5 %), GKD more (all-position logits), and the ceiling on ours is its rate at the
+    peak divided by the others' medians. Batch 2, 2 new tokens and one thread keep it well under a minute on two
+    shared cores."""
     pytest.importorskip("trl", reason="trl is a benchmark-only pin: pip install -r requirements-bench.txt")
     done = subprocess.run([sys.executable, str(REPO / "tools" / "bench_vs_trl.py"), "--smoke", "--batch-size", "2",
-                           "--max-new-tokens", "2", "--threads", "1", "--anli", str(shared_anli), "--tokenizer",
-                           str(flan_t5_tokenizer_dir)], capture_output=True, text=True, timeout=300,
+                           "--max-new-tokens", "2", "--threads", "1", "--floor", "--anli", str(shared_anli),
+                           "--tokenizer", str(flan_t5_tokenizer_dir)], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
@@ -166,3 +169,22 @@ def test_trl_benchmark_smoke(shared_anli, flan_t5_tokenizer_dir):
     assert all("2.00 new tokens per sample" in line for line in rounds)  # seeded random models: no early EOS
     ratios = [line for line in lines if line.startswith("ratio ours / ")]
     assert len(ratios) == 2 and all(float(line.split(": ")[1].split("x")[0]) > 0 for line in ratios)
+    start = next(i for i, line in enumerate(lines) if line.startswith("matrix products per step"))
+    peak = float(lines[start].split("peak of ")[1].split(" GFLOP/s")[0].replace(",", ""))
+    gflop = {}
+    for line in lines[start + 1:start + 4]:  # "  <trainer>  <GFLOP> GFLOP  <seconds> s/step at the peak"
+        name, figures = line.strip().split("  ", 1)
+        value, seconds = float(figures.split()[0]), float(figures.split()[2])
+        gflop[name] = value
+        assert seconds == pytest.approx(value / peak, rel=0.02)  # the peak is printed rounded
+    assert list(gflop) == ["ours (MiniLLM)", "TRL DistillationTrainer", "TRL GKDTrainer"]
+    assert gflop["TRL DistillationTrainer"] == pytest.approx(gflop["ours (MiniLLM)"], rel=0.05)
+    assert gflop["TRL GKDTrainer"] > 1.5 * gflop["ours (MiniLLM)"]
+    ceiling_line = lines[start + 4]
+    ceiling = float(ceiling_line.split(": ")[1].split(" samples/s")[0])
+    assert ceiling == pytest.approx(2 / (gflop["ours (MiniLLM)"] / peak), rel=0.02)
+    medians = {name: float(rest.split()[0]) for name, rest in
+               (line.strip().split("  ", 1) for line in lines if line.startswith("  ") and "(rounds:" in line)}
+    for part in ceiling_line.split(" = ")[1].split(", "):
+        ratio, name = part.split("x ", 1)
+        assert float(ratio) == pytest.approx(ceiling / medians[name], rel=0.01)

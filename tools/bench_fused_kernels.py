@@ -24,8 +24,7 @@ import torch
 
 from minillm.models.fused import fuse_elementwise
 from minillm.models.tiny import PRESETS, build_model
-from bench_sft_throughput import matmul_peak
-from step_timing import (DTYPES, MATMULS, add_shape_args, interleaved_medians, matmul_flops,
+from step_timing import (DTYPES, MATMULS, add_shape_args, interleaved_medians, matmul_flops, matmul_peak,
                          parse_shape_args, random_batch)
 
 

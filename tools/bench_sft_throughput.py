@@ -54,31 +54,6 @@ def fail(message: str) -> None:
     sys.exit(f"bench_sft_throughput: error: {message}")
 
 
-# ------------------------------------------------------------------------------------------- 1. matmul peak
-
-def matmul_peak(device: str, threads: int, precision: str) -> float:
-    """Best GFLOP/s of repeated ``n x n @ n x n`` products (2 n^3 FLOPs each) in ``precision`` over a few large
-    ``n``."""
-    import torch
-
-    torch.set_num_threads(threads)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    sizes, repeats = ((4096, 8192, 16384), 10) if device == "cuda" else ((2048, 3072, 4096), 5)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    best = 0.0
-    for n in sizes:
-        a = torch.randn(n, n, dtype=dtype, device=device)
-        b = torch.randn(n, n, dtype=dtype, device=device)
-        a @ b  # first call: kernel selection and memory allocation
-        sync()
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ b
-            sync()
-            best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
-    return best
-
-
 # ------------------------------------------------------------------------------------------- 2-3. data, model
 
 def dev_as_train_text(dev: Path, work: Path) -> Path:
@@ -293,6 +268,7 @@ def main(argv=None) -> None:
         fail(f"--preset {args.preset}: unknown; known presets: {', '.join(PRESETS)}")
 
     import torch
+    from step_timing import matmul_peak
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     threads = args.threads or len(os.sched_getaffinity(0))

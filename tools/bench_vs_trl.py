@@ -2,7 +2,8 @@
 
     pip install -r requirements-bench.txt   # once: trl==1.16.0 (benchmark only)
     python tools/bench_vs_trl.py [--rounds 3] [--warmup-steps 2] [--steps 10] [--batch-size 8] [--max-new-tokens 8]
-                                 [--lr 1e-5] [--threads N] [--trainers ours distillation gkd] [--smoke]
+                                 [--lr 1e-5] [--threads N] [--trainers ours distillation gkd] [--floor]
+                                 [--smoke]
                                  [--anli /work/shared/data/anli] [--tokenizer /work/shared/tokenizers/flan-t5]
 
 One process, one machine, the same work for every trainer:
@@ -53,6 +54,13 @@ inside the loss, so its teacher output layer is counted in the rest) and the res
 optimizer, loop). Forward hooks time the teacher; they cost every trainer the same. Two ratios are printed: of the
 trainers' medians, and the median of the per-round ratios. Within a round the trainers run one after the other,
 seconds apart, so a machine whose speed drifts between rounds disturbs the per-round ratios least.
+
+``--floor`` then profiles one more round of each trainer (one warm-up and up to 3 steps) with torch's profiler
+and prints the FLOPs of its matrix products per step (``mm``, ``addmm``, ``bmm``: every linear layer, the output
+layers, and attention where it is not one fused kernel), with the seconds those products would take at the
+machine's fp32 matrix-product peak (the best rate of large square products). That floor bounds ours from above:
+even if nothing but its matrix products took time, and they all ran at the peak, ours could not exceed
+``batch size / floor`` samples/s; the script prints that ceiling as a ratio to the other trainers' medians.
 """
 
 from __future__ import annotations
@@ -182,6 +190,19 @@ class Probe:
 
     def snapshot(self) -> tuple:
         return self.calls, self.seconds, self.teacher_inside, self.completions, self.teacher.seconds
+
+
+def matmul_gflop_per_step(runner, steps: int) -> float:
+    """GFLOP of ``runner``'s matrix products per optimizer step, profiled over one round of one warm-up and
+    ``steps`` steps (all counted: they do the same work on other prompts)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from step_timing import MATMULS, matmul_flops
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        runner.round(1, steps)
+    events = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in MATMULS]
+    return sum(matmul_flops(e.key, e.input_shapes) * e.count for e in events) / (steps + 1) / 1e9
 
 
 # ------------------------------------------------------------------------------------------- the trainers
@@ -401,6 +422,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trainers", nargs="+", default=list(TRAINERS), choices=TRAINERS)
     p.add_argument("--anli", type=Path, default=REPO.parent / "shared" / "data" / "anli")
     p.add_argument("--tokenizer", type=Path, default=REPO.parent / "shared" / "tokenizers" / "flan-t5")
+    p.add_argument("--floor", action="store_true",
+                   help="then profile each trainer's matrix products and print the ceiling they put on ours")
     p.add_argument("--smoke", action="store_true", help="1 round of 1 warm-up and 1 timed step (a test)")
     args = p.parse_args(argv)
     if args.smoke:
@@ -488,7 +511,30 @@ def main(argv=None) -> None:
             per_round = [o["samples_per_s"] / t["samples_per_s"] for o, t in zip(results["ours"], results[other])]
             print(f"ratio ours / {LABELS[other]}: {medians['ours'] / medians[other]:.2f}x (medians); per round "
                   f"{', '.join(f'{x:.2f}x' for x in per_round)}, median of these {statistics.median(per_round):.2f}x")
+    if args.floor:
+        print_floor(runners, medians, args)
     work.cleanup()
+
+
+def print_floor(runners: dict, medians: dict, args: argparse.Namespace) -> None:
+    """Each trainer's matrix-product GFLOP per step and their seconds at the machine's fp32 peak; for ours, the
+    samples/s that floor allows and its ratio to the other trainers' medians (module docstring)."""
+    import torch
+
+    from step_timing import matmul_peak
+
+    steps = min(args.steps, 3)
+    gflop = {name: matmul_gflop_per_step(runner, steps) for name, runner in runners.items()}
+    peak = matmul_peak("cpu", torch.get_num_threads(), "fp32")
+    print(f"matrix products per step (torch profiler, 1 warm-up + {steps} steps per trainer), and their time at the "
+          f"fp32 matmul peak of {peak:,.0f} GFLOP/s:")
+    for name, value in gflop.items():
+        print(f"  {LABELS[name]:24s} {value:7.2f} GFLOP  {value / peak:.3f} s/step at the peak")
+    if "ours" in gflop:
+        ceiling = args.batch_size / (gflop["ours"] / peak)
+        others = ", ".join(f"{ceiling / medians[n]:.2f}x {LABELS[n]}" for n in runners if n != "ours")
+        print(f"ceiling for ours (nothing but its matrix products, all at the peak): {ceiling:.2f} samples/s"
+              + (f" = {others}" if others else ""))
 
 
 if __name__ == "__main__":

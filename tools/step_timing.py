@@ -1,6 +1,7 @@
 """Shared pieces of the step benchmarks (bench_fused_kernels.py, bench_kd_step.py, bench_minillm_step.py,
-bench_vs_trl.py, gpu_check.py): the batch-shape flags, a random batch of that shape, interleaved timing, a timer of
-modules' forward calls, the FLOPs of a profiled matrix product, and a timed MiniLLM cycle.
+bench_sft_throughput.py, bench_vs_trl.py, gpu_check.py): the batch-shape flags, a random batch of that shape, interleaved timing, a timer of
+modules' forward calls, the FLOPs of a profiled matrix product, the machine's matrix-product peak, and a timed
+MiniLLM cycle.
 
 Interleaving: the measured pieces of work take turns, one of each per round, so a machine whose speed drifts (a
 shared CPU does, by 10 % from one minute to the next) slows them all alike and their ratio holds.
@@ -97,6 +98,27 @@ def matmul_flops(name: str, input_shapes: list) -> int:
     ``(m, k) @ (k, n)`` product (``addmm``'s first input is the added term), times the batch for ``bmm``."""
     a, b = input_shapes[1:3] if name == "aten::addmm" else input_shapes[:2]
     return 2 * (a[0] if name == "aten::bmm" else 1) * a[-2] * a[-1] * b[-1]
+
+
+def matmul_peak(device: str, threads: int, precision: str) -> float:
+    """Best GFLOP/s of repeated ``n x n @ n x n`` products (2 n^3 FLOPs each) in ``precision`` over a few large
+    ``n``."""
+    torch.set_num_threads(threads)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    sizes, repeats = ((4096, 8192, 16384), 10) if device == "cuda" else ((2048, 3072, 4096), 5)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, dtype=dtype, device=device)
+        b = torch.randn(n, n, dtype=dtype, device=device)
+        a @ b  # first call: kernel selection and memory allocation
+        sync()
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            sync()
+            best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def minillm_settings(*, num_rollouts: int, chunk_size: int, ppo_epochs: int, batch_size: int, max_new_tokens: int,

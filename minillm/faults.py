@@ -1,9 +1,10 @@
 """Test-only fault injection: a real SIGKILL at a named point of a run, so that the fault tests
 (``tests/faults/test_kill_resume.py``) kill a run exactly where they mean to instead of racing it.
 
-``MINILLM_FAULT_KILL_AT=POINT:N`` makes the process send SIGKILL to its own process group (the launcher and every
-rank with it, as ``kill -KILL -PGID`` would) the N-th time it reaches :func:`kill_point` ``(POINT)``; unset, as it
-always is outside those tests, :func:`kill_point` does nothing. The points:
+``MINILLM_FAULT_KILL_AT=POINT:N`` makes the process send SIGKILL to its own process group (as ``kill -KILL -PGID``
+would) the N-th time it reaches :func:`kill_point` ``(POINT)``: with one process, the launcher with it; under torchrun,
+which starts each rank in a session of its own, that rank, after which torchrun ends the others and exits 1. Unset,
+as it always is outside those tests, :func:`kill_point` does nothing. The points:
 
 - ``step``: mid optimizer step, after a micro-batch's backward (N counts micro-batches), before the optimizer steps;
 - ``save``: while ``last/`` is being written (its training state is in ``last.tmp``, not yet renamed);

@@ -4,7 +4,8 @@ evaluation, during a MiniLLM rollout collection, during SeqKD generation), then 
 (SeqKD generation: the same command again) ends where the uninterrupted run of the same seed ends: bitwise equal
 weights (last/ and best/), the same metric lines, byte-identical SeqKD output.
 
-Each recipe runs uninterrupted once (module-scoped); each kill costs two more runs. Tiny models, CPU, gloo."""
+Each recipe runs uninterrupted once per launch (module-scoped); each kill costs two more runs. One process, and
+two processes (MiniLLM with a rollout store per rank; SFT with ZeRO-3 partitions). Tiny models, CPU, gloo."""
 
 import json
 import os
@@ -35,12 +36,26 @@ RECIPES = {
 }
 
 
-def recipe_env(setup, objective: str, save_dir: Path, kill_at: str | None = None, resume: bool = False) -> dict:
+# How each recipe is launched: one process with ZeRO-0 (""), or two processes (gloo), each with its own data shard,
+# RNG file and (MiniLLM) rollout store in the checkpoint.
+LAUNCHES = {
+    "": {},
+    # 16 rollouts per collection are 8 per rank: a collection still spans 4 steps, and the checkpoints fall inside
+    # and at the boundaries of collections as the comment above says
+    "2proc": {"NUM_GPUS": "2", "NUM_ROLLOUTS": "16"},
+    # ZeRO-3: weights and optimizer state partitioned over the ranks, each rank saving and loading its own partition
+    "2proc-zero3": {"NUM_GPUS": "2", "DS_CONFIG": str(CONFIGS / "zero3_fp32.json")},
+}
+
+
+def recipe_env(setup, objective: str, save_dir: Path, launch: str = "", kill_at: str | None = None,
+               resume: bool = False) -> dict:
     data, models = setup["data_dir"], setup["models"]
     env = dict(os.environ, CKPT=str(models / "tiny-student"), TEACHER_CKPT=str(models / "tiny-teacher"),
                DATA_DIR=str(data), PROMPT_DATA_DIR=str(data), LM_DATA_DIR=str(data), SAVE_DIR=str(save_dir),
                NUM_GPUS="1", DS_CONFIG=str(CONFIGS / "zero0_fp32.json"))
     env.update({k: str(v) for k, v in RECIPES[objective][1].items()})
+    env.update(LAUNCHES[launch])
     env.pop("MINILLM_FAULT_KILL_AT", None)
     if kill_at is not None:
         env["MINILLM_FAULT_KILL_AT"] = kill_at
@@ -62,8 +77,14 @@ def assert_ok(done: subprocess.CompletedProcess) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-def assert_killed(done: subprocess.CompletedProcess) -> None:
-    assert done.returncode == -9, f"not killed (exit {done.returncode}): " + done.stderr[-3000:]
+def assert_killed(done: subprocess.CompletedProcess, launch: str = "") -> None:
+    """One process: the group's SIGKILL ends the script itself (-9). Several: torchrun starts each rank in a session
+    of its own, so the SIGKILL takes the rank's session; torchrun outlives it, reports the rank's signal and exits
+    1, as it would for a rank killed on a cluster node."""
+    if LAUNCHES[launch].get("NUM_GPUS", "1") == "1":
+        assert done.returncode == -9, f"not killed (exit {done.returncode}): " + done.stderr[-3000:]
+    else:
+        assert done.returncode == 1 and "Signal 9 (SIGKILL) received" in done.stderr, done.stderr[-3000:]
 
 
 def metric_lines(save_dir: Path) -> list[dict]:
@@ -77,53 +98,66 @@ def saved_step(save_dir: Path) -> int:
 
 @pytest.fixture(scope="module")
 def straight(tiny_setup, tmp_path_factory):
-    """objective -> the SAVE_DIR of its uninterrupted run (run on first use)."""
+    """(objective, launch) -> the SAVE_DIR of its uninterrupted run (run on first use)."""
     runs = {}
 
-    def get(objective: str) -> Path:
-        if objective not in runs:
-            save_dir = tmp_path_factory.mktemp(f"straight_{objective}")
-            assert_ok(run_recipe(tiny_setup, objective, save_dir))
-            runs[objective] = save_dir
-        return runs[objective]
+    def get(objective: str, launch: str) -> Path:
+        if (objective, launch) not in runs:
+            save_dir = tmp_path_factory.mktemp(f"straight_{objective}_{launch}")
+            assert_ok(run_recipe(tiny_setup, objective, save_dir, launch=launch))
+            runs[objective, launch] = save_dir
+        return runs[objective, launch]
 
     return get
 
 
-# (objective, kill point, the step of last/ when killed, what shows that the run died where it was meant to)
+def rollouts_of_every_rank(folder: Path, ranks: int) -> bool:
+    return all((folder / "training_state" / f"source_rank{rank}.pt").is_file() for rank in range(ranks))
+
+
+# (objective, launch, kill point, the step of last/ when killed, what shows that the run died where it was meant to)
 KILLS = [
     # micro-batch 5 is the first of step 3: its backward done, the optimizer not stepped
-    ("sft", "step:5", 2, lambda d, lines: max(r["step"] for r in lines if "padding" in r) == 2),
+    ("sft", "", "step:5", 2, lambda d, lines: max(r["step"] for r in lines if "padding" in r) == 2),
     # the second last/ (step 4): its training state written into last.tmp, not yet renamed
-    ("sft", "save:2", 2, lambda d, lines: (d / "last.tmp" / "training_state" / "rng_rank0.pt").is_file()),
+    ("sft", "", "save:2", 2, lambda d, lines: (d / "last.tmp" / "training_state" / "rng_rank0.pt").is_file()),
     # the first evaluation (step 3): no eval line, best/ not written
-    ("kd", "eval:1", 2, lambda d, lines: not any("split" in r for r in lines) and not (d / "best").exists()),
+    ("kd", "", "eval:1", 2, lambda d, lines: not any("split" in r for r in lines) and not (d / "best").exists()),
     # step 3, inside collection 0: last/ (step 2) holds collection 0's rollouts
-    ("minillm", "step:3", 2, lambda d, lines: (d / "last" / "training_state" / "source_rank0.pt").is_file()),
+    ("minillm", "", "step:3", 2, lambda d, lines: rollouts_of_every_rank(d / "last", 1)),
     # collection 1 (step 4), after its first sampling batch: last/ is at the boundary, with no rollouts
-    ("minillm", "collect:3", 4, lambda d, lines: [r["collection"] for r in lines if "collection" in r] == [0]
+    ("minillm", "", "collect:3", 4, lambda d, lines: [r["collection"] for r in lines if "collection" in r] == [0]
      and not (d / "last" / "training_state" / "source_rank0.pt").exists()),
     # last/ of step 6, inside collection 1: its rollouts written into last.tmp, not yet renamed; last/ is step 4's
-    ("minillm", "save:3", 4, lambda d, lines: (d / "last.tmp" / "training_state" / "source_rank0.pt").is_file()),
+    ("minillm", "", "save:3", 4, lambda d, lines: (d / "last.tmp" / "training_state" / "source_rank0.pt").is_file()),
     # the final evaluation (step 8, the first is at 0): last/ (step 6) holds collection 1's rollouts
-    ("minillm", "eval:2", 6, lambda d, lines: [r["step"] for r in lines if "split" in r] == [0]
-     and (d / "last" / "training_state" / "source_rank0.pt").is_file()),
+    ("minillm", "", "eval:2", 6, lambda d, lines: [r["step"] for r in lines if "split" in r] == [0]
+     and rollouts_of_every_rank(d / "last", 1)),
+    # two ranks, step 3 inside collection 0: last/ (step 2) holds each rank's own rollouts, and each rank resumes
+    # from its own
+    ("minillm", "2proc", "step:3", 2, lambda d, lines: rollouts_of_every_rank(d / "last", 2)),
+    # two ranks, ZeRO-3: mid step 3 (the first rank to reach its 5th micro-batch is killed, and torchrun ends the
+    # other), and while the second last/ is written (the first rank done with its partition is killed: last.tmp is
+    # partial)
+    ("sft", "2proc-zero3", "step:5", 2, lambda d, lines: max(r["step"] for r in lines if "padding" in r) == 2),
+    ("sft", "2proc-zero3", "save:2", 2, lambda d, lines: (d / "last.tmp").is_dir()),
 ]
 
 
-@pytest.mark.parametrize("objective, kill_at, resumed_at, died_there", KILLS,
-                         ids=[f"{objective}-{kill_at}" for objective, kill_at, _, _ in KILLS])
-def test_sigkill_then_resume_ends_bitwise_as_the_uninterrupted_run(tiny_setup, straight, tmp_path, objective,
+@pytest.mark.parametrize("objective, launch, kill_at, resumed_at, died_there", KILLS,
+                         ids=[f"{objective}-{kill_at}" + (f"-{launch}" if launch else "")
+                              for objective, launch, kill_at, _, _ in KILLS])
+def test_sigkill_then_resume_ends_bitwise_as_the_uninterrupted_run(tiny_setup, straight, tmp_path, objective, launch,
                                                                     kill_at, resumed_at, died_there):
     save_dir = tmp_path / "run"
-    assert_killed(run_recipe(tiny_setup, objective, save_dir, kill_at=kill_at))
+    assert_killed(run_recipe(tiny_setup, objective, save_dir, launch=launch, kill_at=kill_at), launch)
     assert saved_step(save_dir) == resumed_at
     assert died_there(save_dir, metric_lines(save_dir))
 
-    done = run_recipe(tiny_setup, objective, save_dir, resume=True)
+    done = run_recipe(tiny_setup, objective, save_dir, launch=launch, resume=True)
     assert_ok(done)
     assert f"resumed at step {resumed_at}" in done.stdout + done.stderr
-    reference = straight(objective)
+    reference = straight(objective, launch)
     for folder in ("last", "best"):
         expected, resumed = (load_file(str(d / folder / "model.safetensors")) for d in (reference, save_dir))
         assert expected.keys() == resumed.keys()

@@ -14,7 +14,7 @@ from minillm.losses import token_cross_entropy
 from minillm.models.base import IGNORE_INDEX
 from minillm.objectives.base import Processes
 from minillm.objectives.minillm import MiniLLMObjective
-from minillm.objectives.minillm.policy_gradient import k3_reverse_kl, masked_whiten, returns, token_rewards
+from minillm.objectives.minillm.policy_gradient import masked_whiten, returns, token_rewards
 from minillm.objectives.minillm.rollouts import Rollouts, SamplingSettings, ban, keep_set, sample_rollouts
 from minillm_helpers import EOS, PAD, Engine, adapter_for, minillm_config, tiny_t5
 

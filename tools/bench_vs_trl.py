@@ -78,6 +78,10 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported with torch when a trainer is built, not for --help
+    from step_timing import CallTimer
 
 REPO = Path(__file__).resolve().parents[1]
 

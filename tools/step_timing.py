@@ -1,7 +1,7 @@
 """Shared pieces of the step benchmarks (bench_fused_kernels.py, bench_kd_step.py, bench_minillm_step.py,
-bench_sft_throughput.py, bench_vs_trl.py, gpu_check.py): the batch-shape flags, a random batch of that shape, interleaved timing, a timer of
-modules' forward calls, the FLOPs of a profiled matrix product, the machine's matrix-product peak, and a timed
-MiniLLM cycle.
+bench_sft_throughput.py, bench_vs_trl.py, gpu_check.py): the batch-shape flags, a random batch of that shape,
+interleaved timing, a timer of modules' forward calls, the FLOPs of a profiled matrix product, the machine's
+matrix-product peak, and a timed MiniLLM cycle.
 
 Interleaving: the measured pieces of work take turns, one of each per round, so a machine whose speed drifts (a
 shared CPU does, by 10 % from one minute to the next) slows them all alike and their ratio holds.

@@ -123,17 +123,14 @@ def matmul_peak(device: str, threads: int, precision: str) -> float:
 
 def minillm_settings(*, num_rollouts: int, chunk_size: int, ppo_epochs: int, batch_size: int, max_new_tokens: int,
                      alpha: float):
-    """The MiniLLM objective's settings a timed cycle uses: the trainer's defaults (single-step term, length
-    normalisation, whitening per collection, gamma 0.95, clip 0.2, reward scaling 0.5, no LM term) with the given
-    sizes and teacher-mix ``alpha``; one micro-batch per optimizer step."""
-    from types import SimpleNamespace
+    """The trainer's MiniLLM configuration (its defaults: single-step term, length normalisation, whitening per
+    collection, gamma 0.95, clip 0.2, reward scaling 0.5) with the given sizes and teacher-mix ``alpha``, no LM term
+    and one micro-batch per optimizer step: what a timed cycle uses."""
+    from minillm.engine.config import TrainConfig
 
-    return SimpleNamespace(
-        teacher_model_path="teacher", rollout_max_new_tokens=max_new_tokens, teacher_mixed_alpha=alpha,
-        temperature=1.0, top_k=0, top_p=1.0, gamma=0.95, length_norm=True, whiten_advantages=True, cliprange=0.2,
-        reward_scaling=0.5, cliprange_reward=100.0, single_step_reg=True, lm_coef=0.0, teacher_topk=0,
-        whiten_scope="collection", num_rollouts=num_rollouts, chunk_size=chunk_size, ppo_epochs=ppo_epochs,
-        batch_size=batch_size, grad_acc=1, seed=0)
+    return TrainConfig(type="minillm", teacher_model_path="teacher", rollout_max_new_tokens=max_new_tokens,
+                       teacher_mixed_alpha=alpha, lm_coef=0.0, num_rollouts=num_rollouts, chunk_size=chunk_size,
+                       ppo_epochs=ppo_epochs, batch_size=batch_size, grad_acc=1, seed=0)
 
 
 class MiniLLMCycles:

@@ -11,8 +11,8 @@ Bad input ends with one line on stderr and exit status 1; see minillm/data/proce
 import argparse
 from pathlib import Path
 
-from minillm.data.anli import DataError, detect_layout, download_anli
 from minillm.cli import add_shard_options
+from minillm.data.anli import DataError, detect_layout, download_anli
 from minillm.data.process import MODEL_TYPES, build_shards, build_text, log, output_kept_whole, staged_text_dir
 from minillm.data.templates import TARGET_KINDS, TEMPLATES
 

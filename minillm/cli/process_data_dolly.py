@@ -13,9 +13,9 @@ see minillm/data/dolly.py for the splits and the output layout.
 import argparse
 from pathlib import Path
 
+from minillm.cli import add_shard_options
 from minillm.data.dolly import (DOWNLOAD_FILE, MINILLM_RAW_FILE, build_dolly_shards, build_dolly_text,
                                 download_dolly, log)
-from minillm.cli import add_shard_options
 from minillm.data.process import MODEL_TYPES, output_kept_whole, staged_text_dir
 from minillm.data.templates import INSTRUCTION_TEMPLATES
 
